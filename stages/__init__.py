@@ -1,0 +1,1 @@
+"""Pipeline stages: prepare -> rollout -> score -> train -> eval."""
