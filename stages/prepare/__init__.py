@@ -1,1 +1,6 @@
-"""prepare stage."""
+"""prepare stage: turn a dataset (hub, local files, or built-in) into prompt shards."""
+
+from stages.prepare.datasets import DATASETS, PrepareOptions
+from stages.prepare.run import run_prepare
+
+__all__ = ["DATASETS", "PrepareOptions", "run_prepare"]

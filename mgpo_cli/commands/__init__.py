@@ -1,0 +1,1 @@
+"""One module per CLI command; each holds a Typer function and nothing else of substance."""

@@ -1,0 +1,335 @@
+"""Parquet shard sets: how stages hand work to each other (DESIGN.md §3).
+
+A shard set is a directory of ``part-00000.parquet``, ``part-00001.parquet``, ... plus
+``manifest.json``. The manifest is written last, so a directory without one is incomplete and is
+never read. Writers build the set in a hidden staging directory beside the target
+(``.NAME.partial``) and rename it into place only when it is whole: a killed stage leaves nothing a
+later stage would mistake for finished work, and each part inside the staging directory is itself
+written to a temporary name and renamed, so a resumed stage can trust every part it finds there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mgpo_cli import __version__
+from mgpo_cli.errors import MgpoError
+from mgpo_cli.schemas import KINDS, SCHEMA_VERSION, check_columns, with_hf_features
+
+MANIFEST = "manifest.json"
+PART_PATTERN = "part-{:05d}.parquet"
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """Where an unfinished shard set lives until it is complete."""
+    return out_dir.parent / f".{out_dir.name}.partial"
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+def encode_image(image: Any) -> dict[str, Any]:
+    """A PIL image (or an existing ``{bytes, path}`` struct) as the Hugging Face image struct."""
+    if isinstance(image, dict):
+        return {"bytes": image.get("bytes"), "path": image.get("path")}
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _normalise_row(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    if "images" in out and out["images"] is not None:
+        out["images"] = [encode_image(image) for image in out["images"]]
+    if isinstance(out.get("meta"), dict):
+        out["meta"] = json.dumps(out["meta"], sort_keys=True)
+    return out
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ShardWriter:
+    """Write one shard set atomically.
+
+    Use as a context manager. Rows go in with :meth:`add` (buffered into parts of
+    ``rows_per_part``) or :meth:`write_part` (exactly one part, e.g. one batch of prompts so a
+    resumed run can skip it). On a clean exit the manifest is written and the staging directory
+    renamed onto ``out_dir``. On an exception the staging directory is removed, unless
+    ``keep_partial`` is set (rollouts keep their finished parts for ``resume``).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        kind: str,
+        *,
+        producer: dict[str, Any],
+        schema: pa.Schema | None = None,
+        rows_per_part: int = 1024,
+        overwrite: bool = False,
+        resume: bool = False,
+        keep_partial: bool = False,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown shard kind {kind!r}")
+        self.out_dir = Path(out_dir)
+        self.kind = kind
+        self.producer = producer
+        self.schema = with_hf_features(schema if schema is not None else KINDS[kind])
+        self.rows_per_part = rows_per_part
+        self.overwrite = overwrite
+        self.keep_partial = keep_partial
+        self.staging = staging_dir(self.out_dir)
+        self._buffer: list[dict[str, Any]] = []
+        check_target(self.out_dir, overwrite=overwrite)
+        if self.staging.exists() and not resume:
+            shutil.rmtree(self.staging)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self._parts = sorted(self.staging.glob("part-*.parquet"))
+        for stale in self.staging.glob("*.tmp"):
+            stale.unlink()
+
+    # The staged parts a resumed writer starts from.
+    def existing_rows(self, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
+        for part in self._parts:
+            yield from pq.read_table(part, columns=list(columns)).to_pylist()
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self._buffer.append(row)
+            if len(self._buffer) >= self.rows_per_part:
+                self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            rows, self._buffer = self._buffer, []
+            self.write_part(rows)
+
+    def write_part(self, rows: Sequence[dict[str, Any]]) -> Path:
+        """Write ``rows`` as the next part (temporary name, then rename)."""
+        table = pa.Table.from_pylist([_normalise_row(r) for r in rows], schema=self.schema)
+        path = self.staging / PART_PATTERN.format(len(self._parts))
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+        self._parts.append(path)
+        return path
+
+    def close(self) -> Path:
+        """Write the manifest and move the finished set into place."""
+        self.flush()
+        if not self._parts:  # an empty set still has one (empty) part, so its schema is readable
+            self.write_part([])
+        parts = [
+            {"file": p.name, "rows": pq.ParquetFile(p).metadata.num_rows, "sha256": _file_sha256(p)}
+            for p in self._parts
+        ]
+        content = hashlib.sha256("".join(p["sha256"] for p in parts).encode()).hexdigest()
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": self.kind,
+            "rows": sum(p["rows"] for p in parts),
+            "columns": [f.name for f in self.schema],
+            "parts": parts,
+            "content_sha256": content,
+            "producer": self.producer,
+            "mgpo_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_json_atomic(self.staging / MANIFEST, manifest)
+        if self.out_dir.exists():
+            trash = self.out_dir.parent / f".{self.out_dir.name}.old"
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(self.out_dir, trash)
+            os.replace(self.staging, self.out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.staging, self.out_dir)
+        return self.out_dir
+
+    def abort(self) -> None:
+        if not self.keep_partial:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def check_target(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse to replace finished work, or a directory that is not ours, unless told to."""
+    if not out_dir.exists() or overwrite:
+        return
+    if not out_dir.is_dir():
+        raise MgpoError(f"{out_dir}: exists and is not a directory")
+    if is_complete(out_dir):
+        raise MgpoError(
+            f"{out_dir}: already holds a complete shard set (pass --overwrite to replace it)"
+        )
+    if any(out_dir.iterdir()):
+        raise MgpoError(
+            f"{out_dir}: exists, is not empty and is not a shard set (pass --overwrite)"
+        )
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_shards(
+    out_dir: str | os.PathLike,
+    kind: str,
+    rows: Iterable[dict[str, Any]],
+    *,
+    producer: dict[str, Any],
+    schema: pa.Schema | None = None,
+    rows_per_part: int = 1024,
+    overwrite: bool = False,
+) -> Path:
+    """Write all ``rows`` as one shard set; nothing is left behind if the iterator fails."""
+    with ShardWriter(
+        out_dir,
+        kind,
+        producer=producer,
+        schema=schema,
+        rows_per_part=rows_per_part,
+        overwrite=overwrite,
+    ) as writer:
+        writer.add(rows)
+    return Path(out_dir)
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """A complete, validated shard set. Reads stream part by part, batch by batch."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.manifest["rows"])
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path / part["file"] for part in self.manifest["parts"]]
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pq.read_schema(self.files[0])
+
+    def iter_batches(
+        self, columns: Sequence[str] | None = None, batch_size: int = 256
+    ) -> Iterator[pa.RecordBatch]:
+        for file in self.files:
+            parquet = pq.ParquetFile(file)
+            yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
+
+    def iter_rows(
+        self, columns: Sequence[str] | None = None, batch_size: int = 256
+    ) -> Iterator[dict]:
+        for batch in self.iter_batches(columns, batch_size):
+            yield from batch.to_pylist()
+
+    def read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """The whole set in memory: only for sets known to be small (one training step)."""
+        return pa.concat_tables(pq.read_table(f, columns=columns) for f in self.files)
+
+    def verify(self) -> None:
+        """Check every part against the manifest's hashes (slow: reads every byte)."""
+        for part in self.manifest["parts"]:
+            if _file_sha256(self.path / part["file"]) != part["sha256"]:
+                raise MgpoError(f"{self.path / part['file']}: content does not match manifest.json")
+
+
+def open_shards(path: str | os.PathLike, kind: str | None = None) -> ShardSet:
+    """Open a complete shard set, checking the manifest and every part's columns."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MgpoError(f"{path}: no such shard directory")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        hint = " (an unfinished run is staged beside it)" if staging_dir(path).exists() else ""
+        raise MgpoError(
+            f"{path}: no {MANIFEST}, so the shard set is incomplete; rerun the stage that writes it{hint}"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        found_kind = manifest["kind"]
+        parts = manifest["parts"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise MgpoError(f"{manifest_path}: unreadable manifest ({error})") from None
+    if kind is not None and found_kind != kind:
+        raise MgpoError(f"{path}: holds {found_kind} shards, expected {kind}")
+    if manifest.get("schema_version", 0) > SCHEMA_VERSION:
+        raise MgpoError(
+            f"{manifest_path}: schema version {manifest['schema_version']} is newer than this mgpo"
+        )
+    for part in parts:
+        file = path / part["file"]
+        if not file.is_file():
+            raise MgpoError(f"{file}: listed in {MANIFEST} but missing")
+        try:
+            schema = pq.read_schema(file)
+        except (OSError, pa.ArrowException) as error:
+            raise MgpoError(f"{file}: not a readable Parquet file ({error})") from None
+        if found_kind in KINDS:
+            check_columns(schema, found_kind, str(file))
+    return ShardSet(path=path, manifest=manifest)
+
+
+def decode_image(struct: dict[str, Any], base: Path | None = None):
+    """An image struct back to a PIL image (RGB)."""
+    from PIL import Image
+
+    if struct.get("bytes"):
+        image = Image.open(io.BytesIO(struct["bytes"]))
+    else:
+        image = Image.open(Path(base or ".") / struct["path"])
+    return image.convert("RGB")
+
+
+def prompt_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A prompts-shard row as the in-memory prompt contract: decoded images, parsed meta."""
+    return {
+        **row,
+        "images": [decode_image(image) for image in row.get("images") or []],
+        "meta": json.loads(row["meta"]) if row.get("meta") else {},
+    }

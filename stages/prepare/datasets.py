@@ -1,0 +1,76 @@
+"""The datasets ``mgpo prepare`` knows, by name: where each comes from and how it is shaped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stages.prepare import geometry3k, shapes
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Everything ``mgpo prepare`` was asked for (one frozen object, saved in the manifest)."""
+
+    name: str
+    split: str = "train"
+    source: str | None = None
+    out: str | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    template: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    size: int | None = None
+    difficulty: str = "easy"
+    image_size: int = 56
+    overwrite: bool = False
+
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("data") / self.name / self.split
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    description: str
+    origin: str
+    splits: tuple[str, ...]
+    template: str
+    min_pixels: int
+    max_pixels: int
+    problems: Callable[[PrepareOptions], Iterator[dict[str, Any]]]
+
+
+def _shapes(options: PrepareOptions) -> Iterator[dict[str, Any]]:
+    size = options.size if options.size is not None else shapes.DEFAULT_SIZES[options.split]
+    return shapes.generate(
+        options.split,
+        size=size,
+        difficulty=options.difficulty,
+        seed=options.seed,
+        image_size=options.image_size,
+    )
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "geometry3k": DatasetSpec(
+        description="Geometry3K diagrams with free-form answers (the paper's training set)",
+        origin=f"hub {geometry3k.HUB_ID}, or --source: parquet/json/jsonl files or an Inter-GPS folder",
+        splits=geometry3k.SPLITS,
+        template="math_think_boxed",
+        min_pixels=262_144,
+        max_pixels=4_194_304,
+        problems=lambda options: geometry3k.problems(options.source, options.split),
+    ),
+    "shapes": DatasetSpec(
+        description="built-in, offline: colours, kinds, counts and areas of drawn shapes (short answers)",
+        origin="generated locally from --seed (--difficulty easy|medium|hard, --size, --image-size)",
+        splits=shapes.SPLITS,
+        template="short_answer",
+        min_pixels=0,
+        max_pixels=1 << 40,
+        problems=_shapes,
+    ),
+}
