@@ -104,9 +104,14 @@ class ShardWriter:
         self.staging = staging_dir(self.out_dir)
         self._buffer: list[dict[str, Any]] = []
         check_target(self.out_dir, overwrite=overwrite)
-        if self.staging.exists() and not resume:
+        # A staged set is only resumed by the same producer settings; anything else starts over.
+        staged_by = self.staging / "producer.json"
+        if self.staging.exists() and not (
+            resume and _read_json(staged_by) == json.loads(json.dumps(producer, default=str))
+        ):
             shutil.rmtree(self.staging)
         self.staging.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(staged_by, producer)
         self._parts = sorted(self.staging.glob("part-*.parquet"))
         for stale in self.staging.glob("*.tmp"):
             stale.unlink()
@@ -158,6 +163,7 @@ class ShardWriter:
             "mgpo_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        (self.staging / "producer.json").unlink(missing_ok=True)
         write_json_atomic(self.staging / MANIFEST, manifest)
         if self.out_dir.exists():
             trash = self.out_dir.parent / f".{self.out_dir.name}.old"
@@ -198,6 +204,13 @@ def check_target(out_dir: Path, *, overwrite: bool) -> None:
         raise MgpoError(
             f"{out_dir}: exists, is not empty and is not a shard set (pass --overwrite)"
         )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
