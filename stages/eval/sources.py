@@ -1,0 +1,115 @@
+"""Raw benchmark records from the Hugging Face hub or a local copy (``--source``), and their images.
+
+Reading goes through ``mgpo_cli.sources.load_records`` (hub by id, or local parquet/json/jsonl
+files with the hub's columns, one file or a directory of them). On top of it, this module knows a
+benchmark's own split names (``testmini``, ``test``): a directory holding files of other splits
+but none of the one asked for is an error rather than being read whole. Images may be Hugging
+Face image structs ``{bytes, path}``, PIL images, raw bytes, or paths relative to the source.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from mgpo_cli.errors import MgpoError
+from mgpo_cli.sources import FILE_FORMATS, load_records
+
+
+@dataclass(frozen=True)
+class Records:
+    """Raw records, their positions in the full split, and where relative image paths start."""
+
+    rows: list[dict[str, Any]]
+    indices: list[int]
+    base: Path | None
+
+
+def _names_split(path: Path, root: Path, split: str) -> bool:
+    parts = [part.lower() for part in path.relative_to(root).parts]
+    stem = Path(parts[-1]).stem
+    return split in parts[:-1] or stem == split or stem.startswith(f"{split}-")
+
+
+def check_local_split(source: Path, split: str, splits: Sequence[str]) -> None:
+    """MgpoError when a directory names some of the benchmark's splits but not ``split``."""
+    if not source.is_dir():
+        return
+    files = [p for p in source.rglob("*") if p.suffix in FILE_FORMATS and p.is_file()]
+    named = {s for s in splits for f in files if _names_split(f, source, s)}
+    if named and split not in named:
+        raise MgpoError(
+            f"--source {source}: no files for split '{split}' (found: {', '.join(sorted(named))})"
+        )
+
+
+def read(
+    hub_id: str,
+    config: str | None,
+    source: str | Path | None,
+    split: str,
+    splits: Sequence[str],
+    keep: Callable[[dict[str, Any]], bool] | None = None,
+    filter_column: str | None = None,
+    limit: int | None = None,
+) -> Records:
+    """Records of one split, filtered by ``keep`` on ``filter_column`` before images decode."""
+    if source is not None:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise MgpoError(f"--source {source}: no such file or directory")
+        check_local_split(path, split, splits)
+    dataset = load_records(hub_id, None if source is None else str(source), split, config=config)
+    if keep is not None and filter_column is not None:
+        if filter_column not in dataset.column_names:
+            raise MgpoError(
+                f"{source or hub_id}: missing column '{filter_column}' to select a subset"
+            )
+        column = dataset.select_columns([filter_column])
+        indices = [i for i, record in enumerate(column) if keep(record)]
+    else:
+        indices = list(range(len(dataset)))
+    if limit is not None:
+        indices = indices[:limit]
+    base = None
+    if source is not None:
+        path = Path(source)
+        base = path.parent if path.is_file() else path
+    return Records([dataset[i] for i in indices], indices, base)
+
+
+def to_image(value: Any, base: Path | None, where: str) -> Image.Image:
+    """An RGB PIL image from a PIL image, an HF image struct, raw bytes or a (relative) path."""
+    try:
+        if isinstance(value, Image.Image):
+            return value.convert("RGB")
+        if isinstance(value, dict):
+            value = value.get("bytes") or value.get("path")
+        if isinstance(value, (bytes, bytearray)) and value:
+            return Image.open(io.BytesIO(value)).convert("RGB")
+        if isinstance(value, str) and value:
+            path = Path(value)
+            if not path.is_absolute() and base is not None and (base / path).is_file():
+                path = base / path
+            if not path.is_file():
+                raise MgpoError(f"{where}: image file '{value}' not found (relative to {base})")
+            with Image.open(path) as image:
+                return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise MgpoError(f"{where}: unreadable image ({type(error).__name__})") from None
+    raise MgpoError(f"{where}: no image (expected an image struct, bytes or a path)")
+
+
+def first_present(record: dict[str, Any], names: Sequence[str]) -> Any:
+    """The first of ``names`` with a non-empty value in ``record`` (column case may vary)."""
+    lowered = {key.lower(): key for key in record}
+    for name in names:
+        key = name if name in record else lowered.get(name.lower())
+        if key is not None and record[key] not in (None, "", []):
+            return record[key]
+    return None
