@@ -5,7 +5,9 @@ What ``mgpo eval`` needs, end to end::
     bench = get_benchmark("mathvista")            # or resolve("all") for the paper's suite
     rows = bench.load(source=None, split=None, subset=None, limit=None)   # prompt rows
     responses = ...                               # generate (greedy) from row["prompt"], row["images"]
-    scored = score_rows(bench, rows, responses, judge=Judge(url) or None)  # eval shard rows
+    scored = score_rows_timed(bench, rows, responses, judge=Judge(url) or None,
+                              workers=K, timeout_s=10)   # eval shard rows, each item time-limited
+    # (score_rows: the same in-process, no time limit; fine for tests and trusted responses)
     summary = bench.summarise(scored)             # JSON-able: headline, breakdowns, ...
     render(console, {model_name: {bench.name: summary}})
 """
@@ -19,6 +21,7 @@ from stages.eval.benchmark import (
 from stages.eval.judge import Judge
 from stages.eval.registry import ALL, BENCHMARKS, SUITE, get_benchmark, resolve
 from stages.eval.summary import read_summary, render, results_table, write_summary
+from stages.eval.timed import score_rows_timed
 
 __all__ = [
     "ALL",
@@ -33,6 +36,7 @@ __all__ = [
     "resolve",
     "results_table",
     "score_rows",
+    "score_rows_timed",
     "scored_record",
     "write_summary",
 ]
