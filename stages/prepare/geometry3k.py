@@ -34,7 +34,15 @@ def problems(source: str | None, split: str) -> Iterator[dict[str, Any]]:
         if source and Path(source).is_file()
         else (Path(source) if source else None)
     )
-    for index, record in enumerate(records):
+    # Rows are read as raw Arrow values: images stay ``{bytes, path}`` structs (or path strings)
+    # that ``load_image`` opens with one clear error, instead of ``datasets`` decoding them and
+    # raising PIL's own exception from inside its iterator.
+    rows = (
+        row
+        for batch in records.with_format("arrow").iter(batch_size=64)
+        for row in batch.to_pylist()
+    )
+    for index, record in enumerate(rows):
         yield {
             "problem": record["problem"],
             "answer": str(record["answer"]),
