@@ -86,7 +86,7 @@ def _intergps(root: Path, split: str) -> Iterator[dict[str, Any]]:
         yield {
             "problem": "<image>" + str(data["problem_text"]),
             "answer": choices[index],
-            "images": [str(folder / "img_diagram.png")],
+            "images": ["img_diagram.png"],  # relative to ``base``
             "choices": choices,
             "where": where,
             "base": folder,
