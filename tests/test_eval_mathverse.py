@@ -42,6 +42,17 @@ def test_load_uses_query_cot_by_default_and_query_wo_on_request(source, rows):
     assert rows["4"]["meta"]["subfield"] == "Length"
 
 
+def test_hub_snapshot_layout_ignores_the_text_only_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = write_mathverse(tmp_path, RECORDS)
+    text_only = pa.table({"sample_index": ["9"], "question": ["text only"], "answer": ["1"]})
+    pq.write_table(text_only, folder / "testmini_text_only.parquet")
+    rows = BENCH.load(source=folder)
+    assert [r["meta"]["sample_index"] for r in rows] == ["1", "2", "3", "4", "5"]
+
+
 def test_vision_only_subset(source):
     rows = BENCH.load(source=source, subset="vision_only")
     assert [r["meta"]["sample_index"] for r in rows] == ["3", "5"]

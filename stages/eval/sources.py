@@ -2,9 +2,11 @@
 
 Reading goes through ``mgpo_cli.sources.load_records`` (hub by id, or local parquet/json/jsonl
 files with the hub's columns, one file or a directory of them). On top of it, this module knows a
-benchmark's own split names (``testmini``, ``test``): a directory holding files of other splits
-but none of the one asked for is an error rather than being read whole. Images may be Hugging
-Face image structs ``{bytes, path}``, PIL images, raw bytes, or paths relative to the source.
+benchmark's own split names (``testmini``, ``test``) and picks a directory's files by them
+(``testmini.parquet``, ``testmini-00000-of-00001.parquet``, ``testmini/...``); files of other
+splits but none of the one asked for is an error rather than the directory being read whole.
+Images may be Hugging Face image structs ``{bytes, path}``, PIL images, raw bytes, or paths
+relative to the source.
 """
 
 from __future__ import annotations
@@ -36,16 +38,21 @@ def _names_split(path: Path, root: Path, split: str) -> bool:
     return split in parts[:-1] or stem == split or stem.startswith(f"{split}-")
 
 
-def check_local_split(source: Path, split: str, splits: Sequence[str]) -> None:
-    """MgpoError when a directory names some of the benchmark's splits but not ``split``."""
-    if not source.is_dir():
-        return
-    files = [p for p in source.rglob("*") if p.suffix in FILE_FORMATS and p.is_file()]
-    named = {s for s in splits for f in files if _names_split(f, source, s)}
-    if named and split not in named:
-        raise MgpoError(
-            f"--source {source}: no files for split '{split}' (found: {', '.join(sorted(named))})"
-        )
+def split_files(source: Path, split: str, splits: Sequence[str]) -> list[Path] | None:
+    """The files of ``split`` in a directory, by the benchmark's own split names.
+
+    None when no file names any of the benchmark's splits (the directory is the split);
+    MgpoError when files name other splits but not this one. Exact names only, so MathVerse's
+    ``testmini_text_only.parquet`` is not mistaken for ``testmini``.
+    """
+    files = sorted(p for p in source.rglob("*") if p.suffix in FILE_FORMATS and p.is_file())
+    named = {s: [f for f in files if _names_split(f, source, s)] for s in splits}
+    if not any(named.values()):
+        return None
+    if not named.get(split):
+        found = ", ".join(s for s, f in named.items() if f)
+        raise MgpoError(f"--source {source}: no files for split '{split}' (found: {found})")
+    return named[split]
 
 
 def read(
@@ -59,12 +66,20 @@ def read(
     limit: int | None = None,
 ) -> Records:
     """Records of one split, filtered by ``keep`` on ``filter_column`` before images decode."""
+    files = None
     if source is not None:
         path = Path(source).expanduser()
         if not path.exists():
             raise MgpoError(f"--source {source}: no such file or directory")
-        check_local_split(path, split, splits)
-    dataset = load_records(hub_id, None if source is None else str(source), split, config=config)
+        files = split_files(path, split, splits) if path.is_dir() else None
+    if files:
+        import datasets
+
+        parts = [load_records(hub_id, str(f), split, config=config) for f in files]
+        dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    else:
+        source_text = None if source is None else str(source)
+        dataset = load_records(hub_id, source_text, split, config=config)
     if keep is not None and filter_column is not None:
         if filter_column not in dataset.column_names:
             raise MgpoError(
