@@ -51,8 +51,10 @@ def results_table(summaries: Summaries, title: str = "Results (%)") -> Table:
     benches = list(dict.fromkeys(bench for bench, _ in pairs))
     table = Table(title=title)
     table.add_column("model", style="bold")
+    metrics_of = {bench: sum(1 for b, _ in pairs if b == bench) for bench in benches}
     for bench, metric in pairs:
-        table.add_column(bench if metric == "accuracy" else f"{bench}\n{metric}", justify="right")
+        header = bench if metrics_of[bench] == 1 else f"{bench}\n{metric}"
+        table.add_column(header, justify="right")
     with_average = len(benches) > 1
     if with_average:
         table.add_column("avg", justify="right")
