@@ -139,6 +139,18 @@ def test_images_are_resized_into_the_pixel_bounds(good) -> None:
     assert items[2]["images"][0].size == (120, 120), "an image inside the bounds was resized"
 
 
+@pytest.mark.parametrize(("low", "high"), [(10_000, 20_000), (262_144, 4_194_304), (900, 1_000)])
+def test_fit_pixels_lands_inside_the_bounds(low: int, high: int) -> None:
+    from PIL import Image
+
+    from stages.prepare.images import fit_pixels
+
+    for width, height in [(1, 1), (3, 7), (64, 48), (10, 400), (333, 77), (2000, 1500), (5, 5000)]:
+        fitted = fit_pixels(Image.new("RGB", (width, height)), low, high)
+        assert low <= fitted.width * fitted.height <= high, (width, height, fitted.size)
+        assert fitted.mode == "RGB"
+
+
 def test_prepared_shards_load_with_huggingface_datasets(good, tmp_path: Path) -> None:
     import datasets
     from PIL import Image

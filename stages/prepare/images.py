@@ -26,7 +26,10 @@ def fit_pixels(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Im
         scale = math.sqrt(min_pixels / pixels)
     else:
         return image
-    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    # Round towards the inside of the bounds: flooring an upscaled size would land just below
+    # ``min_pixels`` (e.g. 64x48 -> 591x443 = 261,813 < 262,144).
+    rounding = math.ceil if pixels < min_pixels else math.floor
+    size = (max(1, rounding(image.width * scale)), max(1, rounding(image.height * scale)))
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
