@@ -7,7 +7,9 @@ failure instead of a stalled suite. No test asserts how fast anything is.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
+import re
 import signal
 import textwrap
 from pathlib import Path
@@ -86,6 +88,72 @@ def test_last_boxed_reads_any_balanced_content_after_any_prefix(prefix, body, su
     # Invariant: whatever came before, and whatever box-free text follows, the last box's
     # balanced content comes back exactly (stripped).
     assert last_boxed(prefix + "\\boxed{" + body + "}" + suffix) == body.strip()
+
+
+def _last_boxed_by_rescanning(text: str) -> str | None:
+    """Plain reference: try every box from the last, counting brace depth from its ``{``."""
+    starts = [i for i in range(len(text)) if text.startswith(("\\boxed", "\\fbox"), i)]
+    for start in reversed(starts):
+        j = start + (6 if text.startswith("\\boxed", start) else 5)
+        if j < len(text) and text[j].isalpha():
+            continue
+        k = j
+        while k < len(text) and text[k] in " \t":
+            k += 1
+        if k < len(text) and text[k] == "{":
+            depth, m = 0, k
+            while m < len(text):
+                if text[m] == "\\":
+                    m += 2
+                    continue
+                depth += {"{": 1, "}": -1}.get(text[m], 0)
+                if depth == 0:
+                    return text[k + 1 : m].strip()
+                m += 1
+        elif k > j and k < len(text):
+            token = "".join(itertools.takewhile(lambda c: not c.isspace() and c != "$", text[k:]))
+            if token:
+                return token
+    return None
+
+
+_PIECES = [
+    "\\boxed",
+    "\\fbox",
+    "{",
+    "}",
+    "\\{",
+    "\\}",
+    "\\\\",
+    " ",
+    "x",
+    "1",
+    "$",
+    "<think>",
+    "</think>",
+    "\n",
+]
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=30).map("".join))
+def test_last_boxed_agrees_with_rescanning_every_box(text):
+    assert last_boxed(text) == _last_boxed_by_rescanning(text)
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=30).map("".join))
+def test_has_think_format_agrees_with_the_frameworks_regex(text):
+    # The paper's framework's pattern, plus the optional space before the box's brace.
+    pattern = re.compile(r"<think>.*</think>.*\\boxed\s*\{.*\}.*", re.DOTALL)
+    assert has_think_format(text) is (pattern.fullmatch(text.strip()) is not None)
+
+
+def test_degenerate_responses_are_read_in_linear_time(hang_guard):
+    # The backtracking regex needs about 25 s for 30,000 characters of this and grows as the
+    # cube; 600,000 characters would stall the guard. No speed is asserted, only completion.
+    text = "<think>" + "</think>\\boxed{" * 40_000
+    assert has_think_format(text) is False
+    assert last_boxed(text) is None
+    assert last_boxed(text + "}}") == ""
 
 
 @pytest.mark.parametrize(

@@ -11,72 +11,84 @@ import re
 # ``\boxed`` or ``\fbox`` not followed by another letter (``\boxedfoo`` is some other macro).
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 
-# The format of the paper's framework (EasyR1's ``format_reward``): the response, after leading
-# whitespace, opens with ``<think>``, closes a ``</think>`` somewhere, and has a ``\boxed{...}``
-# after that. ``.`` spans newlines. Nothing is required of the think text or the box content (an
-# empty think block or ``\boxed{}`` passes: accuracy judges the content, format only the shape).
-_FORMAT = re.compile(r"<think>.*</think>.*\\boxed\s*\{.*\}.*", re.DOTALL)
+# The format of the paper's framework (EasyR1's ``format_reward``) is a DOTALL full match of
+# ``<think>.*</think>.*\\boxed\{.*\}.*``. That regex backtracks: on a degenerate response repeating
+# "</think>\boxed{" it takes cubic time (25 s for 30,000 characters), so ``has_think_format``
+# decides the same thing with three forward searches. Nothing is required of the think text or the
+# box content (an empty think block or ``\boxed{}`` passes: accuracy judges the content, format
+# only the shape).
+_BOX_OPEN = re.compile(r"\\boxed\s*\{")
+# What matters when matching braces: an escaped character (``\{`` is a literal brace, ``\\`` a
+# line break) or a brace.
+_BRACE_TOKENS = re.compile(r"\\.|[{}]", re.DOTALL)
+# The argument of ``\boxed 5``: up to whitespace or the end of the maths.
+_BARE_TOKEN = re.compile(r"[^\s$]+")
 
 
-def _braced(text: str, open_at: int) -> str | None:
-    """Content of the group whose ``{`` is at ``open_at``, or None when it never closes.
+def _closing_braces(text: str, start: int) -> dict[int, int]:
+    """For each ``{`` at or after ``start``: where its group closes (absent if it never does).
 
-    ``\\{`` and ``\\}`` are literal braces in LaTeX (set notation), not grouping, so they are
-    skipped when counting depth.
+    One pass, so reading the last box stays linear however many unclosed boxes a response has.
     """
-    depth = 0
-    i = open_at
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2  # an escaped character (``\{``, ``\}``, ``\\``) never opens or closes a group
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : i]
-        i += 1
-    return None
+    close: dict[int, int] = {}
+    stack: list[int] = []
+    for token in _BRACE_TOKENS.finditer(text, start):
+        if token.group() == "{":
+            stack.append(token.start())
+        elif token.group() == "}" and stack:
+            close[stack.pop()] = token.start()
+    return close
 
 
-def _box_content(text: str, after: int) -> str | None:
-    """The argument of a box macro that ends at ``after``: ``{...}`` or one bare token."""
+def _argument_start(text: str, after: int) -> int | None:
+    """Where the argument of a box macro ending at ``after`` starts (spaces skipped), or None."""
     i = after
     while i < len(text) and text[i] in " \t":
         i += 1
-    if i < len(text) and text[i] == "{":
-        inner = _braced(text, i)
-        return None if inner is None else inner.strip()
-    if i == after:
-        return None  # ``\boxed5`` is not TeX; ``\boxed`` at the very end has no argument
-    # ``\boxed 5``: TeX boxes the next token; responses mean "up to the end of the maths".
-    token = re.match(r"[^\s$]+", text[i:])
-    return token.group(0) if token else None
+    if i == len(text) or (i == after and text[i] != "{"):
+        return None  # ``\boxed`` at the very end, or ``\boxed5`` (not TeX)
+    return i
 
 
 def last_boxed(text: str) -> str | None:
     """Content (stripped) of the last complete ``\\boxed{...}`` / ``\\fbox{...}``, else None.
 
-    Nested braces are balanced (``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``); ``\\boxed 5``
-    gives ``5``. A box that never closes (a response cut off at the length limit) is skipped and
-    the one before it is used, so "last" means the last box the model finished writing. An empty
-    ``\\boxed{}`` gives ``""``, which is not None: the model did answer, with nothing.
+    Nested braces are balanced (``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``); ``\\{`` and ``\\}``
+    are literal braces, not grouping. ``\\boxed 5`` gives ``5`` (TeX boxes the next token;
+    responses mean "up to the end of the maths": up to whitespace or ``$``). A box that never
+    closes (a response cut off at the length limit) is skipped and the one before it is used, so
+    "last" means the last box the model finished writing. An empty ``\\boxed{}`` gives ``""``,
+    which is not None: the model did answer, with nothing.
     """
-    for match in reversed(list(_BOX.finditer(text))):
-        content = _box_content(text, match.end())
-        if content is not None:
-            return content
+    starts = [_argument_start(text, m.end()) for m in _BOX.finditer(text)]
+    braced = [i for i in starts if i is not None and text[i] == "{"]
+    close = _closing_braces(text, braced[0]) if braced else {}
+    for i in reversed(starts):
+        if i is None:
+            continue
+        if text[i] != "{":
+            token = _BARE_TOKEN.match(text, i)
+            if token:
+                return token.group(0)
+        elif i in close:
+            return text[i + 1 : close[i]].strip()
     return None
 
 
 def has_think_format(text: str) -> bool:
     """True when ``text`` is ``<think>...</think>`` followed (anywhere after) by ``\\boxed{...}``.
 
-    Same strictness as the paper's framework (a DOTALL full match of
-    ``<think>.*</think>.*\\boxed{.*}.*``), except that leading and trailing whitespace is allowed,
-    and ``\\boxed {`` with a space is accepted. Tags are case-sensitive and must not contain spaces.
-    Text between ``</think>`` and the box (a short summary) is allowed, as it is there.
+    The same decision as the paper's framework (a DOTALL full match of
+    ``<think>.*</think>.*\\boxed{.*}.*``) on the stripped text, with ``\\boxed {`` (a space) also
+    accepted: the text opens with ``<think>``, some ``</think>`` follows, a ``\\boxed{`` follows
+    that and a ``}`` follows the box's ``{``. Tags are case-sensitive and contain no spaces; text
+    between ``</think>`` and the box (a short summary) is allowed, as it is there.
     """
-    return _FORMAT.fullmatch(text.strip()) is not None
+    text = text.strip()
+    if not text.startswith("<think>"):
+        return False
+    end_think = text.find("</think>", len("<think>"))
+    if end_think < 0:
+        return False
+    box = _BOX_OPEN.search(text, end_think + len("</think>"))
+    return box is not None and text.rfind("}") >= box.end()
