@@ -74,8 +74,28 @@ def load_records(
     try:
         return datasets.load_dataset(kinds.pop(), data_files=[str(f) for f in files], split="train")
     except Exception as error:
+        if _no_rows(files):  # datasets refuses an empty split with a cryptic message
+            raise MgpoError(f"--source {source}: split '{split}' is empty (no rows)") from None
         first = str(error).splitlines()[0] if str(error) else error.__class__.__name__
         raise MgpoError(f"--source {source}: could not read ({first})") from None
+
+
+def _no_rows(files: list[Path]) -> bool:
+    """True when every file is readable and holds no rows (parquet footer, or blank/``[]`` json)."""
+    import pyarrow.parquet as pq
+
+    for file in files:
+        try:
+            if file.suffix == ".parquet":
+                if pq.ParquetFile(file).metadata.num_rows:
+                    return False
+            else:
+                with open(file, encoding="utf-8") as handle:
+                    if handle.read(4096).strip() not in ("", "[]"):
+                        return False
+        except Exception:
+            return False
+    return True
 
 
 def require_columns(records: Any, columns: Iterable[str], where: str) -> None:

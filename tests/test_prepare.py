@@ -426,6 +426,10 @@ BAD_INPUTS = {
         ],
         ["split 'train' is empty"],
     ),
+    "empty_jsonl": (
+        lambda d: ["geometry3k", "--source", _text(d / "train.jsonl", "")],
+        ["train.jsonl", "split 'train' is empty"],
+    ),
     "empty_intergps_split": (
         lambda d: ["geometry3k", "--source", _emptied_split(d), "--split", "test"],
         ["split 'test' is empty"],
