@@ -134,7 +134,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         return build(hint, value if value is not None else {}, f"recipe.{where}")
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
+        # str accepts numbers too, so it is tried last: ``str | float`` keeps 0.5 a float.
+        options = sorted(typing.get_args(hint), key=lambda option: option is str)
         if value is None and type(None) in options:
             return None
         errors = []
