@@ -39,9 +39,14 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 def resolve_model(spec: str) -> str:
     """A local folder for a built-in (``tiny``, ``tiny-text``) or existing folder; else a hub id."""
     if spec in BUILTIN:
-        from mgpo_cli.tiny import tiny_model_path
+        from mgpo_cli.tiny import cache_root, tiny_model_path
 
-        return str(tiny_model_path(kind=BUILTIN[spec]))
+        try:
+            return str(tiny_model_path(kind=BUILTIN[spec]))
+        except OSError as error:
+            raise MgpoError(
+                f"cannot build the {spec} model in {cache_root()} (set MGPO_CACHE): {error}"
+            ) from None
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -171,7 +176,8 @@ def load_policy(
     except MgpoError:
         raise
     except Exception as error:  # noqa: BLE001 - any load failure is the user's model spec
-        raise MgpoError(f"cannot load model '{model}': {_first_line(error)}") from error
+        where = "" if Path(path).exists() else " from the Hugging Face hub (no such local folder)"
+        raise MgpoError(f"cannot load model '{model}'{where}: {_first_line(error)}") from error
     policy.to(_device(device))
     policy.eval()
     return policy, io

@@ -120,7 +120,8 @@ class QwenVLImageProcessor:
         finally:
             hf_logger.setLevel(level)
         tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
-        return cls(image_processor, tokenizer, _read_chat_template(str(path), **kwargs))
+        hub = {k: v for k, v in kwargs.items() if k in ("revision", "cache_dir", "token")}
+        return cls(image_processor, tokenizer, _read_chat_template(str(path), **hub))
 
 
 def _read_chat_template(path: str, **kwargs: Any) -> str | None:

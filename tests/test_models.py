@@ -144,6 +144,17 @@ def test_missing_or_broken_model_folder_is_one_line_error(tmp_path: Path):
     assert "\n" not in str(error.value)
     with pytest.raises(MgpoError, match="unknown dtype"):
         load_policy("tiny", dtype="float8")
+    with pytest.raises(MgpoError, match="model folder not found: ./not/here"):
+        load_policy("./not/here")
+    assert resolve_model("Qwen/Qwen2.5-VL-3B-Instruct") == "Qwen/Qwen2.5-VL-3B-Instruct"
+
+
+def test_unwritable_cache_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("MGPO_CACHE", str(blocker / "cache"))
+    with pytest.raises(MgpoError, match="cannot build the tiny model in .*set MGPO_CACHE"):
+        load_policy("tiny")
 
 
 def test_save_and_reload_gives_the_same_policy(tmp_path: Path, tiny_policy):
@@ -232,18 +243,24 @@ def plain_logprobs(model, io, row, response, temperature):
     return [float(logp[start - 1 + i, t]) for i, t in enumerate(response)]
 
 
-@pytest.mark.parametrize("kind", ["tiny", "tiny-text"])
-def test_response_logprobs_match_a_plain_per_row_forward(kind, tiny_model_dir):
+TEXT_ROWS = [rows()[1], {"prompt": "Hi", "images": []}]
+
+
+@pytest.mark.parametrize(
+    ("kind", "batch_rows"),
+    [("tiny", rows()), ("tiny", TEXT_ROWS), ("tiny-text", TEXT_ROWS)],
+    ids=["vision-mixed", "vision-text-only", "text-model"],
+)
+def test_response_logprobs_match_a_plain_per_row_forward(kind, batch_rows, tiny_model_dir):
+    """Left padding, images or not: positions and log-probs equal the unpadded forward's."""
     model, io = load_policy(kind)
-    batch_rows = rows() if kind == "tiny" else [rows()[1], {"prompt": "Hi", "images": []}]
     responses = [[40, 41, 42, 502], [7, 8], [100, 200, 300, 400, 500]][: len(batch_rows)]
     batch = io.encode(batch_rows, responses)
     with torch.no_grad():
         got = response_logprobs(model, batch, temperature=0.7)
     width = got.shape[1]
-    assert torch.equal(
-        batch.response_mask[:, -width:].sum(1), torch.tensor([len(r) for r in responses])
-    )
+    lengths = torch.tensor([len(r) for r in responses])
+    assert torch.equal(batch.response_mask[:, -width:].sum(1), lengths)
     for i, (row, response) in enumerate(zip(batch_rows, responses, strict=True)):
         want = plain_logprobs(model, io, row, response, 0.7)
         torch.testing.assert_close(
