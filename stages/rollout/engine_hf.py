@@ -47,7 +47,7 @@ def nucleus_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
         return scores
     ordered, index = torch.sort(scores, dim=-1, descending=True)
     probs = torch.softmax(ordered, dim=-1)
-    before = torch.cumsum(probs, dim=-1) - probs  # mass of strictly more likely tokens
+    before = torch.cumsum(probs, dim=-1) - probs  # mass of the tokens ranked before this one
     drop = before >= top_p
     drop[..., 0] = False
     mask = torch.zeros_like(drop).scatter(-1, index, drop)
