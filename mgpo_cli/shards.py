@@ -110,6 +110,8 @@ class ShardWriter:
             resume and _read_json(staged_by) == json.loads(json.dumps(producer, default=str))
         ):
             shutil.rmtree(self.staging)
+        # Parent folders this writer creates (e.g. data/NAME for data/NAME/SPLIT) go again on abort.
+        self._created = [p for p in self.staging.parents if not p.exists()]
         self.staging.mkdir(parents=True, exist_ok=True)
         write_json_atomic(staged_by, producer)
         self._parts = sorted(self.staging.glob("part-*.parquet"))
@@ -179,6 +181,11 @@ class ShardWriter:
     def abort(self) -> None:
         if not self.keep_partial:
             shutil.rmtree(self.staging, ignore_errors=True)
+            for folder in self._created:  # innermost first; only while still empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
     def __enter__(self) -> ShardWriter:
         return self
