@@ -11,7 +11,7 @@ import sys
 import typer
 
 from mgpo_cli import __version__
-from mgpo_cli.commands import prepare, shards
+from mgpo_cli.commands import prepare, shards, train
 from mgpo_cli.errors import MgpoError
 
 app = typer.Typer(
@@ -44,6 +44,7 @@ def _root(
 
 app.command("prepare")(prepare.prepare)
 app.command("shards")(shards.shards)
+app.command("train")(train.train)
 
 
 def main() -> None:

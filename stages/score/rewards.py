@@ -25,6 +25,7 @@ from typing import Any
 
 from mgpo_cli.errors import MgpoError
 from stages.score.math_reward import math_reward
+from stages.score.short_answer import short_answer_reward
 
 RewardFn = Callable[..., Any]
 
@@ -47,6 +48,7 @@ def _math(
 # name -> (function, the component names it returns besides ``reward``).
 BUILTIN_REWARDS: dict[str, tuple[RewardFn, tuple[str, ...]]] = {
     "math": (_math, ("format", "accuracy")),
+    "short_answer": (short_answer_reward, ("format", "accuracy")),
 }
 
 

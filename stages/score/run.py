@@ -1,0 +1,135 @@
+"""The score stage's entry function: rollout shards (+ their prompts) -> score shards."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from mgpo_cli.console import console, progress
+from mgpo_cli.errors import MgpoError
+from mgpo_cli.schemas import SCORES
+from mgpo_cli.shards import ShardWriter, open_shards
+from stages.score.runner import score_items
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    rollouts: str
+    prompts: str | None = None  # default: the prompt shards the rollouts were made from
+    reward: str = "math"
+    workers: int = 1
+    timeout_s: float = 5.0
+    out: str | None = None
+    overwrite: bool = False
+
+    def out_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        rollouts = Path(self.rollouts)
+        name = rollouts.name.removesuffix("-rollouts").removesuffix("rollouts") or "run"
+        return rollouts.parent / (f"{name}-scores" if name != "run" else "scores")
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    path: Path
+    items: int
+    reward_mean: float
+    timed_out: int
+
+
+def prompts_of(rollouts_dir: str, given: str | None) -> str:
+    """The prompt shards behind a rollout set: given explicitly, or named in its manifest."""
+    if given:
+        return given
+    manifest = open_shards(rollouts_dir, "rollouts").manifest
+    prompts = manifest.get("producer", {}).get("config", {}).get("prompts")
+    if not prompts:
+        raise MgpoError(
+            f"{rollouts_dir}: manifest does not name its prompt shards; pass --prompts DIR"
+        )
+    return prompts
+
+
+def _items(options: ScoreOptions) -> tuple[Iterator[dict[str, Any]], int]:
+    rollouts = open_shards(options.rollouts, "rollouts")
+    prompts_dir = prompts_of(options.rollouts, options.prompts)
+    prompts = open_shards(prompts_dir, "prompts")
+    wanted_ids = {row["prompt_id"] for row in rollouts.iter_rows(columns=["prompt_id"])}
+    gold = {
+        row["id"]: row
+        for row in prompts.iter_rows(columns=["id", "answer", "choices", "meta"])
+        if row["id"] in wanted_ids
+    }
+
+    def items() -> Iterator[dict[str, Any]]:
+        for row in rollouts.iter_rows(columns=["prompt_id", "sample", "response"]):
+            prompt = gold.get(row["prompt_id"])
+            if prompt is None:
+                raise MgpoError(
+                    f"{options.rollouts}: prompt_id '{row['prompt_id']}' is not in {prompts_dir}"
+                )
+            yield {
+                **row,
+                "answer": prompt["answer"],
+                "choices": prompt["choices"],
+                "meta": json.loads(prompt["meta"]) if prompt.get("meta") else {},
+            }
+
+    return items(), rollouts.num_rows
+
+
+def run_score(options: ScoreOptions, *, quiet: bool = False) -> ScoreSummary:
+    """Score every rollout; the reward components become columns beside ``reward``."""
+    if options.workers <= 0:
+        raise MgpoError(f"--workers must be positive, got {options.workers}")
+    items, total = _items(options)
+    out = options.out_dir()
+    config = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("overwrite", "out")}
+    producer = {"command": "mgpo score", "stage": "score", "config": config}
+    rows: list[dict[str, Any]] = []
+    with progress() as bar:
+        task = bar.add_task("score", total=total, visible=not quiet)
+        for scored in score_items(
+            items, options.reward, workers=options.workers, timeout_s=options.timeout_s
+        ):
+            rows.append(scored)
+            bar.advance(task)
+    schema = _schema_for(rows)
+    with ShardWriter(
+        out, "scores", producer=producer, schema=schema, overwrite=options.overwrite
+    ) as writer:
+        writer.add(rows)
+    timed_out = sum(bool(r.get("timed_out")) for r in rows)
+    mean = sum(r["reward"] for r in rows) / max(len(rows), 1)
+    if timed_out and not quiet:
+        console.print(
+            f"[yellow]{timed_out} item(s) hit the {options.timeout_s:g}s limit and scored 0[/]"
+        )
+    return ScoreSummary(path=out, items=len(rows), reward_mean=mean, timed_out=timed_out)
+
+
+def _schema_for(rows: list[dict[str, Any]]) -> pa.Schema:
+    """The score contract plus one float column per extra reward component."""
+    fields = list(SCORES)
+    known = {f.name for f in fields}
+    for row in rows[:1]:
+        for key, value in row.items():
+            if key in known:
+                continue
+            kind = (
+                pa.bool_()
+                if isinstance(value, bool)
+                else pa.float32()
+                if isinstance(value, int | float)
+                else pa.string()
+            )
+            fields.append(pa.field(key, kind))
+            known.add(key)
+    return pa.schema(fields)

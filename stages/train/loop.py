@@ -1,0 +1,605 @@
+"""``mgpo train``: the on-policy loop, read top to bottom.
+
+Each step:
+  1. take the next ``batch_prompts`` prompt ids (seeded order, resumable position);
+  2. roll them out ``n`` times on the current policy (rollout stage) -> ``steps/step-K/rollouts``;
+  3. score them (score stage) -> ``steps/step-K/scores``; DAPO / GPG may sample extra rounds;
+  4. compute group advantages, and the old log-probs with the trainer's own model (before any
+     update; the engine's log-probs stay in the shards and are reported as a mismatch metric);
+  5. update the policy: ``epochs`` passes, ``mini_batches`` optimizer steps per pass,
+     ``micro_batch`` sequences per forward/backward, gradient clipping, AdamW, lr schedule;
+  6. hand the new weights to the live rollout engine, log metrics, validate, checkpoint.
+
+accelerate does device placement, mixed precision and distribution: under
+``accelerate launch`` every process reads the same shards (the main process writes them) and
+trains on its own slice of every micro-batch; loss normalisers are global, so the result equals a
+single-process run on the same batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mgpo_cli.config import to_dict
+from mgpo_cli.console import console
+from mgpo_cli.errors import MgpoError
+from mgpo_cli.shards import is_complete, open_shards
+from stages.rollout import RolloutOptions, run_rollout
+from stages.score.run import ScoreOptions, run_score
+from stages.train import algos
+from stages.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from stages.train.config import TrainConfig
+from stages.train.data_order import Position, take
+from stages.train.forward import response_logprobs
+from stages.train.live import LiveView
+from stages.train.metrics_log import MetricsLog, step_metrics
+from stages.train.samples import Group, StepBatch, advantages_for, read_groups
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) under the configured schedule."""
+    optim, total = config.optim, config.trainer.steps
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    progress = (step - optim.warmup_steps) / max(total - optim.warmup_steps, 1)
+    factor = {
+        "constant": 1.0,
+        "linear": 1.0 - progress,
+        "cosine": 0.5 * (1.0 + math.cos(math.pi * progress)),
+    }[optim.schedule]
+    return optim.lr * factor
+
+
+def step_seed(seed: int, step: int, what: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{what}".encode()).digest()[:4], "little")
+
+
+def loss_params(config: TrainConfig) -> dict[str, Any]:
+    """The algorithm's options from the recipe (only those the algorithm accepts)."""
+    algo = config.algo
+    accepted = algos.options(algo.name)
+    wanted: dict[str, Any] = {"alpha": algo.alpha, "beta": algo.beta, "kl_coef": algo.kl_coef}
+    if algo.eps_low is not None:
+        wanted["eps_low"] = algo.eps_low
+    if algo.eps_high is not None:
+        wanted["eps_high"] = algo.eps_high
+    return {k: v for k, v in wanted.items() if k in accepted and not (k == "kl_coef" and not v)}
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
+    """Create or check the run directory; never lose an existing run by accident."""
+    run_dir = Path(config.run_dir)
+    saved = run_dir / "config.json"
+    resolved = to_dict(config)
+    if saved.is_file():
+        previous = json.loads(saved.read_text())
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif not resume:
+            raise MgpoError(
+                f"{run_dir}: a run already exists here (pass --resume to continue it or --overwrite to replace it)"
+            )
+        elif _comparable(previous) != _comparable(resolved):
+            raise MgpoError(
+                f"{run_dir}: --resume with a different config than the run was started with ({_first_difference(previous, resolved)})"
+            )
+    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise MgpoError(
+            f"{run_dir}: exists, is not empty and is not an mgpo run (pass --overwrite)"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(json.dumps(resolved, indent=2, default=str))
+    tmp.replace(saved)
+    return run_dir
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a resume: everything but the step budget and logging cadence."""
+    out = json.loads(json.dumps(config, default=str))
+    for key in ("steps", "val_every", "save_every", "keep_last", "wandb"):
+        out.get("trainer", {}).pop(key, None)
+    return out
+
+
+def _first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
+    a, b = _comparable(a) if not prefix else a, _comparable(b) if not prefix else b
+    for key in sorted(set(a) | set(b)):
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            found = _first_difference(a[key], b[key], f"{prefix}{key}.")
+            if found:
+                return found
+        elif a.get(key) != b.get(key):
+            return f"{prefix}{key}: {a.get(key)!r} then, {b.get(key)!r} now"
+    return ""
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Holds what lives across steps: model, optimizer, engine, accelerator, data position."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path) -> None:
+        from accelerate import Accelerator
+
+        from mgpo_cli.models import load_policy
+        from stages.rollout.backends import make_engine
+        from stages.rollout.engine_hf import HFEngine
+
+        self.config = config
+        self.run_dir = run_dir
+        cuda = torch.cuda.is_available() and config.trainer.device != "cpu"
+        if config.trainer.device == "cuda" and not torch.cuda.is_available():
+            raise MgpoError("trainer.device cuda: no CUDA device is available")
+        precision = config.trainer.mixed_precision
+        if precision == "auto":
+            precision = "bf16" if cuda else "no"
+        self.accelerator = Accelerator(cpu=not cuda, mixed_precision=precision)
+        torch.manual_seed(config.trainer.seed)
+        random.seed(config.trainer.seed)
+        dtype = config.model.dtype if config.model.dtype != "auto" else "float32"
+        model, self.io = load_policy(
+            config.model.name,
+            dtype=dtype,
+            device=self.accelerator.device,
+            trust_remote_code=config.model.trust_remote_code,
+        )
+        if config.model.freeze_vision:
+            for name, param in model.named_parameters():
+                if ".visual." in f".{name}" or name.startswith("visual."):
+                    param.requires_grad_(False)
+        if config.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.reference = None
+        if config.algo.kl_coef > 0:
+            import copy
+
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optim = config.optim
+        optimizer = torch.optim.AdamW(
+            params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay
+        )
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.policy = self.accelerator.unwrap_model(self.model)
+        rollout = config.rollout
+        if rollout.backend == "hf":  # share the trained module: updates are visible at once
+            self.engine = HFEngine(self.policy, self.io, micro_batch_size=rollout.micro_batch)
+        else:
+            self.engine = make_engine(rollout.backend, self._rollout_options("", "", 0, 0))
+        self.prompt_ids = [
+            r["id"] for r in open_shards(config.data.train, "prompts").iter_rows(columns=["id"])
+        ]
+        if not self.prompt_ids:
+            raise MgpoError(f"{config.data.train}: no prompts to train on")
+        self.position = Position()
+        self.step = 0
+        self.opt_steps = 0
+
+    # -- stages, called exactly as the CLI calls them -----------------------------------------
+
+    def _rollout_options(
+        self, prompts: str, out: str, seed: int, policy_step: int, ids=None, greedy=False
+    ) -> RolloutOptions:
+        r = self.config.rollout
+        return RolloutOptions(
+            prompts=prompts,
+            model=self.config.model.name,
+            backend=r.backend,
+            n=1 if greedy else r.n,
+            temperature=0.0 if greedy else r.temperature,
+            top_p=1.0 if greedy else r.top_p,
+            max_new_tokens=r.max_new_tokens,
+            batch_prompts=max(len(ids or ()), 1) if ids else 256,
+            micro_batch=r.micro_batch,
+            seed=seed,
+            policy_step=policy_step,
+            prompt_ids=tuple(ids) if ids else None,
+            out=out,
+            dtype=self.config.model.dtype,
+            gpu_memory_utilization=r.gpu_memory_utilization,
+            tensor_parallel_size=r.tensor_parallel_size,
+            max_model_len=r.max_prompt_tokens + r.max_new_tokens,
+        )
+
+    def rollout_and_score(
+        self,
+        step_dir: Path,
+        name: str,
+        prompts: str,
+        ids: list[str] | None,
+        seed: int,
+        greedy: bool = False,
+        limit: int | None = None,
+    ) -> tuple[Path, Path, float]:
+        """Rollout + score shards for one round (reused if a killed run already finished them)."""
+        rollouts, scores = step_dir / f"{name}rollouts", step_dir / f"{name}scores"
+        started = time.perf_counter()
+        if self.accelerator.is_main_process:
+            if not is_complete(rollouts):
+                options = self._rollout_options(
+                    prompts, str(rollouts), seed, self.step, ids, greedy
+                )
+                if limit is not None:
+                    options = dataclasses.replace(options, limit=limit)
+                run_rollout(options, engine=self.engine, quiet=True)
+            rollout_time = time.perf_counter() - started
+            if not is_complete(scores):
+                s = self.config.score
+                run_score(
+                    ScoreOptions(
+                        rollouts=str(rollouts),
+                        prompts=prompts,
+                        reward=s.reward,
+                        workers=s.workers,
+                        timeout_s=s.timeout_s,
+                        out=str(scores),
+                    ),
+                    quiet=True,
+                )
+        else:
+            rollout_time = 0.0
+        self.accelerator.wait_for_everyone()
+        return rollouts, scores, rollout_time
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def collect(self, step_dir: Path) -> tuple[StepBatch, dict[str, float]]:
+        """Roll out and score this step's prompts; DAPO / GPG may add bounded extra rounds."""
+        config = self.config
+        dynamic = (
+            config.algo.dynamic_sampling
+            if config.algo.dynamic_sampling is not None
+            else config.algo.name == "dapo"
+        )
+        threshold = config.algo.gpg_threshold if config.algo.name == "gpg" else 0.0
+        batch, timings, rounds = StepBatch(), {"rollout_s": 0.0, "score_s": 0.0}, 0
+        kept_all: list[Group] = []
+        while True:
+            ids, self.position = take(
+                self.prompt_ids,
+                self.position,
+                config.rollout.batch_prompts,
+                seed=config.trainer.seed,
+                shuffle=config.data.shuffle,
+            )
+            started = time.perf_counter()
+            prefix = "" if rounds == 0 else f"round{rounds}-"
+            rollouts, scores, rollout_time = self.rollout_and_score(
+                step_dir,
+                prefix,
+                config.data.train,
+                ids,
+                step_seed(config.trainer.seed, self.step, f"rollout{rounds}"),
+            )
+            timings["rollout_s"] += rollout_time
+            timings["score_s"] += time.perf_counter() - started - rollout_time
+            groups = read_groups(str(rollouts), str(scores))
+            kept_all.extend(groups)
+            if dynamic:
+                batch.groups.extend(g for g in groups if not g.degenerate)
+                full = len(batch.groups) >= config.rollout.batch_prompts
+            else:
+                batch.groups.extend(groups)
+                valid = sum(not g.degenerate for g in batch.groups) / max(len(batch.groups), 1)
+                full = valid >= threshold
+            rounds += 1
+            if full or rounds > config.rollout.max_resample_rounds:
+                break
+        if dynamic:
+            batch.groups = batch.groups[: config.rollout.batch_prompts]
+        elif threshold > 0:  # GPG: keep the valid groups of every round
+            batch.groups = [g for g in batch.groups if not g.degenerate] or batch.groups
+        timings["rollout_rounds"] = float(rounds)
+        return batch, step_metrics(kept_all, batch)
+
+    def _slices(self, count: int, size: int) -> list[list[int]]:
+        return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
+
+    def old_logprobs(self, rows: list[dict], responses: list[list[int]]) -> list[torch.Tensor]:
+        """Log-probs under the policy before this step's first update (no gradient)."""
+        out = []
+        with torch.no_grad():
+            for chunk in self._slices(len(rows), self.config.optim.micro_batch):
+                result = response_logprobs(
+                    self.policy,
+                    self.io,
+                    [rows[i] for i in chunk],
+                    [responses[i] for i in chunk],
+                    temperature=self._temperature(),
+                    with_entropy=False,
+                )
+                out.extend(
+                    result.logp[k, : len(responses[i])].float().cpu() for k, i in enumerate(chunk)
+                )
+        return out
+
+    def reference_logprobs(
+        self, rows: list[dict], responses: list[list[int]]
+    ) -> list[torch.Tensor] | None:
+        if self.reference is None:
+            return None
+        out = []
+        with torch.no_grad():
+            for chunk in self._slices(len(rows), self.config.optim.micro_batch):
+                result = response_logprobs(
+                    self.reference,
+                    self.io,
+                    [rows[i] for i in chunk],
+                    [responses[i] for i in chunk],
+                    temperature=self._temperature(),
+                    with_entropy=False,
+                )
+                out.extend(
+                    result.logp[k, : len(responses[i])].float().cpu() for k, i in enumerate(chunk)
+                )
+        return out
+
+    def _temperature(self) -> float:
+        return self.config.rollout.temperature if self.config.rollout.temperature > 0 else 1.0
+
+    def update(self, batch: StepBatch) -> dict[str, float]:
+        """All optimizer steps of this training step; returns averaged loss metrics."""
+        config, acc = self.config, self.accelerator
+        prompt_ids, responses, engine_logprobs, rewards, group_ids = batch.flat()
+        rows = self._prompt_rows(set(prompt_ids))
+        sample_rows = [rows[p] for p in prompt_ids]
+        estimator = algos.ADVANTAGE_ESTIMATOR[config.algo.name]
+        if estimator == "group_norm" and not config.algo.std_normalise:
+            estimator = "mean_only"
+        advantages = advantages_for(config.algo.name, estimator, rewards, group_ids)
+        params = loss_params(config)
+        if config.algo.name == "gpg":
+            from stages.train.advantages import gpg_correction
+
+            params["alpha_age"] = gpg_correction(rewards, group_ids).alpha_age
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        old = self.old_logprobs(sample_rows, responses)
+        ref = self.reference_logprobs(sample_rows, responses)
+        timings["logprobs_s"] = time.perf_counter() - started
+        mismatch = [
+            float((o - torch.tensor(e)).abs().mean())
+            for o, e in zip(old, engine_logprobs, strict=True)
+            if len(e)
+        ]
+        started = time.perf_counter()
+        order_rng = random.Random(step_seed(config.trainer.seed, self.step, "shuffle"))
+        collected: list[dict[str, float]] = []
+        grad_norms: list[float] = []
+        count = len(responses)
+        for _ in range(config.optim.epochs):
+            order = list(range(count))
+            order_rng.shuffle(order)
+            minis = [
+                order[i :: config.optim.mini_batches] for i in range(config.optim.mini_batches)
+            ]
+            for mini in minis:
+                if not mini:
+                    continue
+                grad_norms.append(
+                    self._optimizer_step(
+                        mini, sample_rows, responses, old, ref, advantages, params, collected
+                    )
+                )
+        timings["update_s"] = time.perf_counter() - started
+        metrics = (
+            {k: sum(m[k] for m in collected) / len(collected) for k in collected[0]}
+            if collected
+            else {}
+        )
+        metrics.update(timings)
+        metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+        metrics["engine_logprob_mismatch"] = sum(mismatch) / max(len(mismatch), 1)
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        tokens = sum(len(r) for r in responses) * config.optim.epochs
+        metrics["trainer_tokens_per_s"] = tokens / max(
+            timings["update_s"] + timings["logprobs_s"], 1e-9
+        )
+        return metrics
+
+    def _optimizer_step(
+        self, mini, rows, responses, old, ref, advantages, params, collected
+    ) -> float:
+        """One optimizer step over mini-batch ``mini`` (indices), split across processes and micro-batches."""
+        acc, config = self.accelerator, self.config
+        world, rank = acc.num_processes, acc.process_index
+        lengths = [len(responses[i]) for i in mini]
+        normalisers = {
+            "num_seqs": float(len(mini)),
+            "num_tokens": float(max(sum(lengths), 1)),
+            "max_len": float(max(max(lengths), 1)),
+        }
+        accepted = algos.options(config.algo.name)
+        step_params = {**params, **{k: v for k, v in normalisers.items() if k in accepted}}
+        local = mini[rank::world]
+        micro = self._slices(len(local), config.optim.micro_batch)
+        micro = micro or [[]]
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr_at(self.opt_steps, config)
+        for k, chunk in enumerate(micro):
+            indices = [local[i] for i in chunk]
+            sync = k == len(micro) - 1
+            context = acc.no_sync(self.model) if not sync and world > 1 else _null()
+            with context, acc.autocast():
+                if not indices:  # an idle rank still joins the gradient all-reduce
+                    loss = sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
+                    acc.backward(loss)
+                    continue
+                result = response_logprobs(
+                    self.model,
+                    self.io,
+                    [rows[i] for i in indices],
+                    [responses[i] for i in indices],
+                    temperature=self._temperature(),
+                )
+                width = result.logp.shape[1]
+                old_t = _pad([old[i] for i in indices], width)
+                ref_t = _pad([ref[i] for i in indices], width) if ref is not None else None
+                adv = advantages[indices].to(result.logp.device)
+                extra = {"ref_logp": ref_t.to(result.logp.device)} if ref_t is not None else {}
+                loss, metrics = algos.compute_loss(
+                    config.algo.name,
+                    result.logp,
+                    old_t.to(result.logp.device),
+                    adv,
+                    result.mask,
+                    entropy=result.entropy,
+                    **step_params,
+                    **extra,
+                )
+                # Normalisers are global; DDP averages gradients over processes, so scale back up.
+                acc.backward(loss * world)
+                metrics["loss_contribution"] = float(loss.detach())
+                collected.append(metrics)
+        grad_norm = acc.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], config.optim.grad_clip
+        )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.opt_steps += 1
+        return float(grad_norm)
+
+    def _prompt_rows(self, ids: set[str]) -> dict[str, dict]:
+        from mgpo_cli.shards import prompt_row
+
+        return {
+            row["id"]: prompt_row(row)
+            for row in open_shards(self.config.data.train, "prompts").iter_rows()
+            if row["id"] in ids
+        }
+
+    def validate(self, step_dir: Path) -> dict[str, float]:
+        config = self.config
+        if not config.data.val:
+            return {}
+        _, scores, _ = self.rollout_and_score(
+            step_dir, "val-", config.data.val, None, 0, greedy=True, limit=config.data.val_limit
+        )
+        rows = list(open_shards(scores, "scores").iter_rows())
+        metrics = {"val_reward": sum(r["reward"] for r in rows) / max(len(rows), 1)}
+        if rows and "accuracy" in rows[0]:
+            metrics["val_accuracy"] = sum(r["accuracy"] for r in rows) / len(rows)
+        return metrics
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        state = self.accelerator.get_state_dict(self.model)
+        path = save_checkpoint(
+            self.run_dir,
+            self.step,
+            state,
+            self.optimizer,
+            {"position": dataclasses.asdict(self.position), "opt_steps": self.opt_steps},
+            self.config.trainer.keep_last,
+        )
+        self.policy.config.save_pretrained(path)
+        self.io.save_pretrained(path)
+
+    def restore(self) -> bool:
+        found = checkpoint_dirs(self.run_dir)
+        if not found:
+            return False
+        weights, state = load_checkpoint(found[-1], self.optimizer)
+        self.policy.load_state_dict(weights, strict=False)
+        self.step = int(state["step"])
+        self.opt_steps = int(state.get("opt_steps", 0))
+        self.position = Position(**state["position"])
+        return True
+
+    def export(self, folder: Path) -> None:
+        """The final policy as a plain model folder (``--model RUN/final`` loads it)."""
+        if self.accelerator.is_main_process:
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.policy.save_pretrained(tmp, state_dict=self.accelerator.get_state_dict(self.model))
+            self.io.save_pretrained(tmp)
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.replace(folder)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _pad(values: list[torch.Tensor], width: int) -> torch.Tensor:
+    out = torch.zeros(len(values), width)
+    for i, v in enumerate(values):
+        out[i, : len(v)] = v
+    return out
+
+
+def run_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train ``config.trainer.steps`` steps; returns the run directory."""
+    if config.trainer.require_gpu and not torch.cuda.is_available():
+        raise MgpoError(
+            f"this recipe ({config.model.name}, {config.rollout.batch_prompts} prompts x {config.rollout.n} samples) "
+            "needs a GPU and none is available; on a CPU use --recipe tiny"
+        )
+    open_shards(config.data.train, "prompts")
+    if config.data.val:
+        open_shards(config.data.val, "prompts")
+    run_dir = prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    trainer = Trainer(config, run_dir)
+    log = MetricsLog(
+        run_dir,
+        enabled=trainer.accelerator.is_main_process,
+        wandb=config.trainer.wandb,
+        config=to_dict(config),
+    )
+    if resume and trainer.restore():
+        console.print(f"resuming {run_dir} after step {trainer.step}")
+        log.truncate_after(trainer.step)
+        for stale in (run_dir / "steps").glob("step-*"):
+            if int(stale.name.split("-")[1]) > trainer.step and trainer.accelerator.is_main_process:
+                shutil.rmtree(stale, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.step == 0 and config.trainer.val_every and config.data.val:
+        log.write(0, {"step": 0, **trainer.validate(run_dir / "steps" / "step-000000")})
+    with LiveView(
+        config.trainer.steps, start=trainer.step, enabled=trainer.accelerator.is_main_process
+    ) as live:
+        while trainer.step < config.trainer.steps:
+            started = time.perf_counter()
+            step_dir = run_dir / "steps" / f"step-{trainer.step + 1:06d}"
+            batch, metrics = trainer.collect(step_dir)
+            metrics.update(trainer.update(batch))
+            trainer.step += 1
+            if config.rollout.backend != "hf":
+                trainer.engine.update_weights(trainer.policy.named_parameters())
+            if config.trainer.val_every and trainer.step % config.trainer.val_every == 0:
+                metrics.update(trainer.validate(step_dir))
+            metrics["step_time_s"] = time.perf_counter() - started
+            metrics["step"] = trainer.step
+            log.write(trainer.step, metrics)
+            live.update(trainer.step, metrics)
+            last = trainer.step == config.trainer.steps
+            if last or (
+                config.trainer.save_every and trainer.step % config.trainer.save_every == 0
+            ):
+                trainer.save()
+            trainer.accelerator.wait_for_everyone()
+    trainer.export(run_dir / "final")
+    log.close()
+    return run_dir
