@@ -406,6 +406,14 @@ BAD_INPUTS = {
         lambda d: ["geometry3k", "--source", _intergps(d, _truncate)],
         ["train/1/data.json image 0", "unreadable image"],
     ),
+    "null_problem": (
+        lambda d: ["geometry3k", "--source", _parquet(d, problem=["<image>a", None, "<image>c"])],
+        ["train.parquet row 1", "empty or missing problem text"],
+    ),
+    "null_answer": (
+        lambda d: ["geometry3k", "--source", _parquet(d, answer=["1", "2", None])],
+        ["train.parquet row 2", "empty or missing answer"],
+    ),
     "too_few_placeholders": (
         lambda d: ["geometry3k", "--source", _parquet(d, problem=["<image>a", "b", "<image>c"])],
         ["row 1", "0 <image> placeholder(s) but 1 image(s)"],

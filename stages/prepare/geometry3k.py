@@ -45,7 +45,7 @@ def problems(source: str | None, split: str) -> Iterator[dict[str, Any]]:
     for index, record in enumerate(rows):
         yield {
             "problem": record["problem"],
-            "answer": str(record["answer"]),
+            "answer": record["answer"],  # a null stays None (checked by the stage, not "None")
             "images": record["images"] or [],
             "choices": record.get("choices"),
             "where": f"{where} row {index}",

@@ -39,6 +39,10 @@ def prompt_rows(options: PrepareOptions, spec: DatasetSpec) -> Iterator[dict[str
         if options.limit is not None and count >= options.limit:
             break
         where = problem["where"]
+        if not isinstance(problem["problem"], str) or not problem["problem"].strip():
+            raise MgpoError(f"{where}: empty or missing problem text")
+        if problem["answer"] is None or not str(problem["answer"]).strip():
+            raise MgpoError(f"{where}: empty or missing answer")
         images = list(problem["images"] or [])
         placeholders = problem["problem"].count("<image>")
         if placeholders != len(images):
