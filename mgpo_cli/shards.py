@@ -313,17 +313,17 @@ def open_shards(path: str | os.PathLike, kind: str | None = None) -> ShardSet:
     try:
         manifest = json.loads(manifest_path.read_text())
         found_kind = manifest["kind"]
-        parts = manifest["parts"]
+        files = [str(part["file"]) for part in manifest["parts"]]
+        version = int(manifest.get("schema_version", 0))
     except (ValueError, KeyError, TypeError) as error:
-        raise MgpoError(f"{manifest_path}: unreadable manifest ({error})") from None
+        reason = f"missing key {error}" if isinstance(error, KeyError) else str(error)
+        raise MgpoError(f"{manifest_path}: unreadable manifest ({reason})") from None
     if kind is not None and found_kind != kind:
         raise MgpoError(f"{path}: holds {found_kind} shards, expected {kind}")
-    if manifest.get("schema_version", 0) > SCHEMA_VERSION:
-        raise MgpoError(
-            f"{manifest_path}: schema version {manifest['schema_version']} is newer than this mgpo"
-        )
-    for part in parts:
-        file = path / part["file"]
+    if version > SCHEMA_VERSION:
+        raise MgpoError(f"{manifest_path}: schema version {version} is newer than this mgpo")
+    for name in files:
+        file = path / name
         if not file.is_file():
             raise MgpoError(f"{file}: listed in {MANIFEST} but missing")
         try:

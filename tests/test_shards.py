@@ -249,6 +249,9 @@ def test_manifest_missing_means_incomplete(prompts_dir: Path, tmp_path: Path) ->
         ("missing_part", "listed in manifest.json but missing"),
         ("not_parquet", "not a readable Parquet file"),
         ("newer_schema", "newer than this mgpo"),
+        ("no_parts_key", "unreadable manifest \\(missing key 'parts'\\)"),
+        ("text_schema_version", "unreadable manifest"),
+        ("parts_not_objects", "unreadable manifest"),
     ],
 )
 def test_damaged_sets_give_one_clear_error(
@@ -266,7 +269,14 @@ def test_damaged_sets_give_one_clear_error(
         (target / "part-00002.parquet").write_bytes(b"nonsense")
     else:
         manifest = json.loads(manifest_path.read_text())
-        manifest["schema_version"] = SCHEMA_VERSION + 1
+        if damage == "newer_schema":
+            manifest["schema_version"] = SCHEMA_VERSION + 1
+        elif damage == "no_parts_key":
+            del manifest["parts"]
+        elif damage == "text_schema_version":
+            manifest["schema_version"] = "one"
+        else:
+            manifest["parts"] = ["part-00000.parquet"]
         manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(MgpoError, match=expected) as caught:
         open_shards(target)
