@@ -607,6 +607,16 @@ def test_complete_output_is_refused_unless_overwrite(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
 
 
+def test_damaged_output_is_refused_not_crashed(tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    out.mkdir()
+    (out / MANIFEST).write_text("{truncated")
+    result = run_main("prepare", "shapes", "--size", "4", "--out", out)
+    assert_user_error(result, "already holds a complete shard set", "--overwrite")
+    assert_ok(run_main("prepare", "shapes", "--size", "4", "--out", out, "--overwrite"))
+    assert open_shards(out).num_rows == 4
+
+
 def test_non_shard_directory_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "mine"
     out.mkdir()

@@ -11,9 +11,10 @@ from typing import Any
 
 from mgpo_cli.console import console, progress
 from mgpo_cli.errors import MgpoError
-from mgpo_cli.shards import MANIFEST, ShardWriter, is_complete
+from mgpo_cli.images import fit_pixels
+from mgpo_cli.shards import ShardWriter, is_complete, open_shards
 from stages.prepare.datasets import DATASETS, DatasetSpec, PrepareOptions
-from stages.prepare.images import fit_pixels, load_image
+from stages.prepare.images import load_image
 from stages.prepare.template import load_template, render
 
 
@@ -70,6 +71,15 @@ def prompt_rows(options: PrepareOptions, spec: DatasetSpec) -> Iterator[dict[str
         raise MgpoError(f"{options.name} split '{options.split}' is empty: nothing to prepare")
 
 
+def _prepared_with(out: Path) -> dict[str, Any] | None:
+    """The prepare settings of the intact prompt set in ``out`` (None if damaged or foreign)."""
+    try:
+        producer = open_shards(out, kind="prompts").manifest.get("producer")
+    except MgpoError:
+        return None
+    return producer.get("config") if isinstance(producer, dict) else None
+
+
 def run_prepare(options: PrepareOptions, command: str = "mgpo prepare") -> Path:
     """Write the prompt shards for one dataset split; returns the output directory."""
     spec = dataset_spec(options.name)
@@ -81,11 +91,9 @@ def run_prepare(options: PrepareOptions, command: str = "mgpo prepare") -> Path:
         raise MgpoError(f"--source {options.source}: no such file or directory")
     out = options.out_dir()
     config = {k: v for k, v in dataclasses.asdict(options).items() if k != "overwrite"}
-    if is_complete(out) and not options.overwrite:
-        producer = json.loads((out / MANIFEST).read_text()).get("producer", {})
-        if producer.get("config") == config:
-            console.print(f"{out} is already prepared with these settings; nothing to do")
-            return out
+    if is_complete(out) and not options.overwrite and _prepared_with(out) == config:
+        console.print(f"{out} is already prepared with these settings; nothing to do")
+        return out
     producer = {"command": command, "stage": "prepare", "config": config}
     with (
         ShardWriter(
