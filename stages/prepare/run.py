@@ -11,10 +11,9 @@ from typing import Any
 
 from mgpo_cli.console import console, progress
 from mgpo_cli.errors import MgpoError
-from mgpo_cli.images import fit_pixels
 from mgpo_cli.shards import ShardWriter, is_complete, open_shards
 from stages.prepare.datasets import DATASETS, DatasetSpec, PrepareOptions
-from stages.prepare.images import load_image
+from stages.prepare.images import fit_pixels, load_image
 from stages.prepare.template import load_template, render
 
 
