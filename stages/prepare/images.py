@@ -1,36 +1,17 @@
-"""Images as the models expect them: RGB, with a pixel count inside ``[min_pixels, max_pixels]``."""
+"""Opening dataset images; sizing them (``fit_pixels``) lives in :mod:`mgpo_cli.images`."""
 
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from mgpo_cli.errors import MgpoError
+from mgpo_cli.images import fit_pixels
 
-
-def fit_pixels(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
-    """Convert to RGB and rescale (keeping the aspect ratio) so width*height is within bounds.
-
-    Like the paper's framework, images are resized before rollout so the vision tower never sees
-    absurdly small or large inputs; the processor then only snaps to its patch grid.
-    """
-    image = image.convert("RGB")
-    pixels = image.width * image.height
-    if pixels > max_pixels:
-        scale = math.sqrt(max_pixels / pixels)
-    elif pixels < min_pixels:
-        scale = math.sqrt(min_pixels / pixels)
-    else:
-        return image
-    # Round towards the inside of the bounds: flooring an upscaled size would land just below
-    # ``min_pixels`` (e.g. 64x48 -> 591x443 = 261,813 < 262,144).
-    rounding = math.ceil if pixels < min_pixels else math.floor
-    size = (max(1, rounding(image.width * scale)), max(1, rounding(image.height * scale)))
-    return image.resize(size, Image.Resampling.BICUBIC)
+__all__ = ["fit_pixels", "load_image"]
 
 
 def load_image(value: Any, base: Path | None, where: str) -> Image.Image:
