@@ -11,7 +11,10 @@ import itertools
 import multiprocessing as mp
 import re
 import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mgpo_cli.errors import MgpoError
+from stages.score import runner
 from stages.score.extract import has_think_format, last_boxed
 from stages.score.math_reward import clean_answer, is_correct, math_reward
 from stages.score.runner import score_items, summarize
@@ -459,6 +463,67 @@ def test_custom_reward_that_hangs_times_out(tmp_path, hang_guard):
     }
     assert rows[1]["reward"] == 1.0 and rows[1]["part"] == 0.5
     assert set(rows[2]) == set(rows[1])
+
+
+BURNER = """
+import os
+from pathlib import Path
+
+def burn(response, answer, **fields):
+    if response == "burn":
+        Path(__file__).with_name("worker.pid").write_text(str(os.getpid()))
+        while True:
+            pass
+    return 1.0
+"""
+
+
+@pytest.mark.slow
+def test_cpu_backstop_ends_a_runaway_worker_as_a_timeout(tmp_path, hang_guard, monkeypatch):
+    # The wall-clock limit is out of reach here, so only the kernel's CPU limit can end the item.
+    monkeypatch.setattr(runner, "BACKSTOP_FACTOR", 0.0)
+    monkeypatch.setattr(runner, "BACKSTOP_EXTRA_S", 0.0)
+    path = _reward_file(tmp_path, BURNER)
+    items = [_item("b", 0, "burn", "x"), _item("a", 0, "fine", "x")]
+    rows = list(score_items(items, f"{path}:burn", workers=1, timeout_s=600))
+    assert [r["timed_out"] for r in rows] == [True, False]
+    assert [r["reward"] for r in rows] == [0.0, 1.0]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; nobody may be left to reap it
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_worker_of_a_killed_parent_does_not_run_for_ever(tmp_path, hang_guard):
+    path = _reward_file(tmp_path, BURNER)
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            from stages.score import runner
+
+            if __name__ == "__main__":
+                runner.BACKSTOP_FACTOR, runner.BACKSTOP_EXTRA_S = 0.0, 0.0
+                item = {{"prompt_id": "b", "sample": 0, "response": "burn", "answer": "x"}}
+                list(runner.score_items([item], {str(path) + ":burn"!r}, timeout_s=600))
+            """
+        )
+    )
+    parent = subprocess.Popen([sys.executable, str(script)])
+    pid_file = tmp_path / "worker.pid"
+    while not pid_file.exists() or not pid_file.read_text():
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    parent.kill()  # SIGKILL: the parent gets no chance to kill its worker
+    parent.wait()
+    while _alive(worker):
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize(

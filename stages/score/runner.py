@@ -5,6 +5,8 @@ Why processes that get killed: symbolic comparison can run for ever on adversari
 that no flag or thread can interrupt. So each worker scores one item at a time, the parent waits
 on the workers' pipes with the earliest deadline as its timeout, and a worker still busy at its
 item's deadline is killed (SIGKILL) and replaced; the item scores 0 with ``timed_out=True``.
+Behind that, each worker carries a kernel CPU-time limit per item (``_cpu_backstop``), so that a
+worker whose parent was killed outright cannot spin for ever.
 
 Why ``forkserver`` (``spawn`` where there is none): the parent may have imported torch and run
 threads (OpenMP, tokenizers, data loaders); ``fork`` copies such a process with its locks held by
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import signal
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +36,12 @@ from stages.score.rewards import builtin_components, check_result, load_reward_f
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_STARTUP_TIMEOUT_S = 120.0
 
+# CPU seconds a worker may spend on one item before the kernel ends it (``_cpu_backstop``):
+# far above the wall-clock limit the parent enforces, so only an orphaned worker, or one whose
+# reward function runs many threads, ever meets it; the item then counts as timed out.
+BACKSTOP_FACTOR = 10.0
+BACKSTOP_EXTRA_S = 10.0
+
 
 def _context() -> mp.context.BaseContext:
     """forkserver with the scorer pre-imported, else spawn (see the module docstring)."""
@@ -44,8 +53,33 @@ def _context() -> mp.context.BaseContext:
     return mp.get_context("spawn")
 
 
-def _worker_main(conn: Connection, spec: str, options: dict[str, Any]) -> None:
+def _cpu_backstop(seconds: float) -> None:
+    """Let the kernel end this process once it has used ``seconds`` more CPU time (Unix).
+
+    The parent kills a worker that overruns its item, but a parent killed outright (SIGKILL, the
+    OOM killer) kills nobody, and a worker deep in a runaway comparison (one C call raising a
+    huge integer, GIL held) never reads its pipe again: it would burn a core for ever. The soft
+    CPU limit, raised again before every item, bounds that; SIGXCPU's default action ends the
+    process without any help from its Python code. Core dumps are turned off first.
+    """
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = int(usage.ru_utime + usage.ru_stime + seconds) + 1
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _worker_main(
+    conn: Connection, spec: str, options: dict[str, Any], backstop_s: float, startup_s: float
+) -> None:
     """Worker loop: load the function, say ready, then score items until the pipe closes."""
+    _cpu_backstop(startup_s)
     try:
         fn = load_reward_fn(spec)
     except Exception as exc:  # MgpoError from loading, or anything else while importing
@@ -59,6 +93,7 @@ def _worker_main(conn: Connection, spec: str, options: dict[str, Any]) -> None:
             return
         index, item = message
         fields = {k: v for k, v in item.items() if k not in ("response", "answer")}
+        _cpu_backstop(backstop_s)
         try:
             row = check_result(fn(item["response"], item["answer"], **fields, **options))
         except Exception as exc:
@@ -95,10 +130,18 @@ def _check_item(index: int, item: Any, options: Mapping[str, Any]) -> None:
 class _Pool:
     """K workers; start, hand out items, collect messages, kill and replace."""
 
-    def __init__(self, spec: str, options: dict[str, Any], workers: int, startup_timeout_s: float):
+    def __init__(
+        self,
+        spec: str,
+        options: dict[str, Any],
+        workers: int,
+        startup_timeout_s: float,
+        backstop_s: float,
+    ):
         self.spec = spec
         self.options = options
         self.startup_timeout_s = startup_timeout_s
+        self.backstop_s = backstop_s
         self.ctx = _context()
         self.workers: list[_Worker] = []
         for _ in range(workers):
@@ -106,9 +149,8 @@ class _Pool:
 
     def _start(self) -> _Worker:
         parent_end, child_end = self.ctx.Pipe(duplex=True)
-        process = self.ctx.Process(
-            target=_worker_main, args=(child_end, self.spec, self.options), daemon=True
-        )
+        args = (child_end, self.spec, self.options, self.backstop_s, self.startup_timeout_s)
+        process = self.ctx.Process(target=_worker_main, args=args, daemon=True)
         process.start()
         child_end.close()
         return _Worker(process=process, conn=parent_end)
@@ -158,6 +200,8 @@ class _Pool:
             # The pipe closes a moment before the exit code is known.
             worker.process.join(timeout=5.0)
             code = worker.process.exitcode
+            if code == -signal.SIGXCPU and worker.index is not None:
+                return ("timeout", worker.index, None)  # the kernel's CPU backstop ended it
             what = "while loading" if not worker.ready else "while scoring an item"
             return (
                 "died",
@@ -235,7 +279,8 @@ def _score(
             "timed_out": timed,
         }
 
-    pool = _Pool(spec, options, workers, startup_timeout_s)
+    backstop_s = BACKSTOP_FACTOR * timeout_s + BACKSTOP_EXTRA_S
+    pool = _Pool(spec, options, workers, startup_timeout_s, backstop_s)
     try:
         pool.wait_ready()
         while True:
@@ -280,6 +325,11 @@ def _score(
                 if message is None:
                     continue
                 kind, index, payload = message
+                if kind == "timeout":
+                    done[index] = None
+                    worker.index = None
+                    pool.replace(worker)
+                    continue
                 if kind == "died":
                     if index < 0:
                         raise MgpoError(f"--reward {spec!r}: worker process exited {payload}")
