@@ -11,7 +11,7 @@ import sys
 import typer
 
 from mgpo_cli import __version__
-from mgpo_cli.commands import prepare, shards, train
+from mgpo_cli.commands import prepare, rollout, score, shards, train
 from mgpo_cli.errors import MgpoError
 
 app = typer.Typer(
@@ -43,6 +43,8 @@ def _root(
 
 
 app.command("prepare")(prepare.prepare)
+app.command("rollout")(rollout.rollout)
+app.command("score")(score.score)
 app.command("shards")(shards.shards)
 app.command("train")(train.train)
 

@@ -88,6 +88,7 @@ class TrainerConfig:
     keep_last: int = 2
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda
+    cpu_threads: int = 0  # torch CPU threads (0: torch's default); 1 is fastest for tiny models
     wandb: bool = False
     require_gpu: bool = False  # refuse to start on a machine without a GPU
 

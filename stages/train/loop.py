@@ -149,6 +149,8 @@ class Trainer:
         if precision == "auto":
             precision = "bf16" if cuda else "no"
         self.accelerator = Accelerator(cpu=not cuda, mixed_precision=precision)
+        if config.trainer.cpu_threads > 0:
+            torch.set_num_threads(config.trainer.cpu_threads)
         torch.manual_seed(config.trainer.seed)
         random.seed(config.trainer.seed)
         dtype = config.model.dtype if config.model.dtype != "auto" else "float32"
@@ -305,7 +307,7 @@ class Trainer:
         elif threshold > 0:  # GPG: keep the valid groups of every round
             batch.groups = [g for g in batch.groups if not g.degenerate] or batch.groups
         timings["rollout_rounds"] = float(rounds)
-        return batch, step_metrics(kept_all, batch)
+        return batch, {**step_metrics(kept_all, batch), **timings}
 
     def _slices(self, count: int, size: int) -> list[list[int]]:
         return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
