@@ -35,15 +35,19 @@ def prompt_rows(count: int, image_size: int) -> list[dict]:
     return rows
 
 
-def best_of(repeats: int, run) -> tuple[float, int]:
-    """Median seconds over ``repeats`` runs (after one warm-up) and the tokens of the last."""
-    run()
-    times, tokens = [], 0
+def timed(repeats: int, runs: dict) -> dict[str, tuple[float, int]]:
+    """Median seconds and tokens per run; the runs alternate (after a warm-up of each), so load
+    from other processes falls on all of them alike."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    tokens: dict[str, int] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        tokens = run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), tokens
+        for name, run in runs.items():
+            start = time.perf_counter()
+            tokens[name] = run()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), tokens[name]) for name in runs}
 
 
 def main() -> None:
@@ -83,10 +87,15 @@ def main() -> None:
                 pad_token_id=io.pad_token_id,
                 suppress_tokens=io.banned_token_ids,
             )
-        return out[:, batch.inputs["input_ids"].shape[1] :].numel()
+        stops = set(io.stop_token_ids)
+        tokens = 0
+        for row in out[:, batch.inputs["input_ids"].shape[1] :].tolist():
+            ends = [i for i, t in enumerate(row) if t in stops]
+            tokens += ends[0] + 1 if ends else len(row)  # up to the stop, as the engine counts
+        return tokens
 
-    base_s, base_tokens = best_of(args.repeats, plain)
-    ours_s, ours_tokens = best_of(args.repeats, ours)
+    results = timed(args.repeats, {"plain": plain, "ours": ours})
+    (base_s, base_tokens), (ours_s, ours_tokens) = results["plain"], results["ours"]
     base_rate, ours_rate = base_tokens / base_s, ours_tokens / ours_s
     print(
         f"model {args.model} on {args.device}, batch {args.batch} with images, "
