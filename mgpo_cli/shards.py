@@ -198,19 +198,33 @@ class ShardWriter:
 
 
 def check_target(out_dir: Path, *, overwrite: bool) -> None:
-    """Refuse to replace finished work, or a directory that is not ours, unless told to."""
-    if not out_dir.exists() or overwrite:
+    """Refuse to replace finished work unless told to, and never replace what is not shards.
+
+    ``--overwrite`` deletes the old directory, so it only ever applies to a shard set: a directory
+    holding anything else (a typo'd ``--out ~/thesis``) is refused even then.
+    """
+    if not out_dir.exists():
         return
     if not out_dir.is_dir():
         raise MgpoError(f"{out_dir}: exists and is not a directory")
-    if is_complete(out_dir):
+    foreign = sorted(p.name for p in out_dir.iterdir() if not _is_shard_file(p.name))
+    if foreign:
+        raise MgpoError(
+            f"{out_dir}: exists and is not a shard set (it holds {foreign[0]!r}); "
+            "refusing to replace it, even with --overwrite: choose another output directory"
+        )
+    if is_complete(out_dir) and not overwrite:
         raise MgpoError(
             f"{out_dir}: already holds a complete shard set (pass --overwrite to replace it)"
         )
-    if any(out_dir.iterdir()):
-        raise MgpoError(
-            f"{out_dir}: exists, is not empty and is not a shard set (pass --overwrite)"
-        )
+
+
+def _is_shard_file(name: str) -> bool:
+    """A file a shard writer puts in a set: parts, the manifest, or their temporary names."""
+    name = name.removesuffix(".tmp")
+    return name in (MANIFEST, "producer.json") or (
+        name.startswith("part-") and name.endswith(".parquet")
+    )
 
 
 def _read_json(path: Path) -> Any:

@@ -624,6 +624,8 @@ def test_non_shard_directory_is_refused(tmp_path: Path) -> None:
     (out / "thesis.tex").write_text("precious")
     result = run_main("prepare", "shapes", "--size", "4", "--out", out)
     assert_user_error(result, "not a shard set")
+    forced = run_main("prepare", "shapes", "--size", "4", "--out", out, "--overwrite")
+    assert_user_error(forced, "not a shard set", "even with --overwrite")
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
 
 

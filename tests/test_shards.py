@@ -372,21 +372,37 @@ def test_failed_overwrite_keeps_the_old_set(prompts_dir: Path, tmp_path: Path) -
     assert open_shards(target, kind="prompts").num_rows == 7
 
 
-def test_foreign_directories_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_foreign_directories_are_refused_even_with_overwrite(
+    tmp_path: Path, overwrite: bool
+) -> None:
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
-    with pytest.raises(MgpoError, match="not a shard set"):
-        write_shards(busy, "scores", score_rows(1), producer=PRODUCER)
-    assert (busy / "notes.txt").exists()
+    (busy / "part-00000.parquet").write_bytes(b"")
+    with pytest.raises(MgpoError, match="not a shard set.*'notes.txt'"):
+        write_shards(busy, "scores", score_rows(1), producer=PRODUCER, overwrite=overwrite)
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt", "part-00000.parquet"]
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(MgpoError, match="not a directory"):
-        write_shards(a_file, "scores", score_rows(1), producer=PRODUCER)
+        write_shards(a_file, "scores", score_rows(1), producer=PRODUCER, overwrite=overwrite)
+    assert a_file.read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "file"]
+
+
+def test_empty_or_incomplete_directories_are_replaced(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     write_shards(empty, "scores", score_rows(1), producer=PRODUCER)
     assert open_shards(empty).num_rows == 1
+    incomplete = tmp_path / "incomplete"  # parts without a manifest: unfinished, so redone
+    incomplete.mkdir()
+    (incomplete / "part-00000.parquet").write_bytes(b"stale")
+    (incomplete / "part-00001.parquet.tmp").write_bytes(b"stale")
+    write_shards(incomplete, "scores", score_rows(2), producer=PRODUCER)
+    assert open_shards(incomplete).num_rows == 2
+    assert sorted(p.name for p in incomplete.iterdir()) == [MANIFEST, "part-00000.parquet"]
 
 
 # ----------------------------------------------------------------------------- killed writers
