@@ -148,13 +148,16 @@ def cli_command(*args: str | os.PathLike) -> list[str]:
 
 
 def run_cli(
-    *args: str | os.PathLike, cwd: str | os.PathLike | None = None, timeout: float = 300
+    *args: str | os.PathLike,
+    cwd: str | os.PathLike | None = None,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``mgpo ARGS`` in a fresh interpreter, capturing text output."""
+    """Run ``mgpo ARGS`` in a fresh interpreter, capturing text output (``env``: extra variables)."""
     return subprocess.run(
         cli_command(*args),
         cwd=cwd,
-        env=cli_env(),
+        env=cli_env(**(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -575,6 +575,20 @@ def test_bad_input_with_default_output_leaves_no_directories(bad) -> None:
     assert not data.exists(), f"left behind: {sorted(str(p) for p in data.rglob('*'))}"
 
 
+def test_unreachable_hub_points_at_source(tmp_path: Path) -> None:
+    # No network here: offline mode with an empty hub cache is what an unreachable hub looks like.
+    result = run_cli(
+        "prepare",
+        "geometry3k",
+        "--out",
+        tmp_path / "out",
+        cwd=tmp_path,
+        env={"HF_HUB_CACHE": str(tmp_path / "hub-cache")},
+    )
+    assert_user_error(result, "could not load hiyouga/geometry3k", "pass --source PATH")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hub-cache") == []
+
+
 # ----------------------------------------------------------------------------- existing output
 
 
