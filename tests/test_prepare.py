@@ -575,6 +575,14 @@ def test_bad_input_with_default_output_leaves_no_directories(bad) -> None:
     assert not data.exists(), f"left behind: {sorted(str(p) for p in data.rglob('*'))}"
 
 
+def test_limit_stops_before_the_next_problem(tmp_path: Path) -> None:
+    root = make_intergps(tmp_path / "igps", 4, splits=("train",))
+    (root / "train" / "2" / "data.json").write_text("{broken")  # never read with --limit 2
+    out = tmp_path / "out"
+    assert_ok(run_main("prepare", "geometry3k", "--source", root, "--limit", "2", "--out", out))
+    assert [item["meta"]["intergps_id"] for item in rows(out)] == [0, 1]
+
+
 def test_unreachable_hub_points_at_source(tmp_path: Path) -> None:
     # No network here: offline mode with an empty hub cache is what an unreachable hub looks like.
     result = run_cli(

@@ -36,8 +36,6 @@ def prompt_rows(options: PrepareOptions, spec: DatasetSpec) -> Iterator[dict[str
         raise MgpoError(f"--min-pixels {min_pixels} is larger than --max-pixels {max_pixels}")
     count = 0
     for index, problem in enumerate(spec.problems(options)):
-        if options.limit is not None and count >= options.limit:
-            break
         where = problem["where"]
         if not isinstance(problem["problem"], str) or not problem["problem"].strip():
             raise MgpoError(f"{where}: empty or missing problem text")
@@ -66,6 +64,8 @@ def prompt_rows(options: PrepareOptions, spec: DatasetSpec) -> Iterator[dict[str
             "meta": json.dumps(problem.get("meta") or {}, sort_keys=True),
         }
         count += 1
+        if count == options.limit:  # stop before reading (and judging) the next problem
+            break
     if count == 0:
         raise MgpoError(f"{options.name} split '{options.split}' is empty: nothing to prepare")
 
