@@ -548,7 +548,7 @@ def bad(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]
     # the default output directory (data/NAME/SPLIT under the working directory)
     d = root / "default_out"
     d.mkdir()
-    calls.append((["prepare", "geometry3k", "--source", _parquet(d, images=[[]] * 3)], d))
+    calls.append((["prepare", "geometry3k", "--source", _intergps(d, _edit_json(answer="E"))], d))
     results = run_many(calls)
     names = [*CLI_CASES, "default_out"]
     return {
@@ -571,7 +571,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(bad, tmp_path: Path, name: str
 
 def test_bad_input_with_default_output_leaves_no_directories(bad) -> None:
     result, data = bad["default_out"]
-    assert_user_error(result, "row 0", "1 <image> placeholder(s) but 0 image(s)")
+    assert_user_error(result, "train/1/data.json", "answer 'E'")
     assert not data.exists(), f"left behind: {sorted(str(p) for p in data.rglob('*'))}"
 
 
