@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 
 from mgpo_cli.errors import MgpoError
-from stages.eval import geometry3k, mathverse, mathvision, mathvista, wemath
+from stages.eval import geometry3k, mathverse, mathvision, mathvista, shapes, wemath
 from stages.eval.benchmark import Benchmark
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         mathvista.BENCHMARK,
         wemath.BENCHMARK,
         geometry3k.BENCHMARK,
+        shapes.BENCHMARK,  # built-in and offline; not in the paper's suite
     )
 }
 # The paper's Table 1: the four out-of-domain benchmarks plus the in-domain Geometry3K test.

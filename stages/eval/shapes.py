@@ -1,0 +1,126 @@
+"""``shapes``: the built-in, offline benchmark (the held-out ``test`` split of ``mgpo prepare shapes``).
+
+It lets the quick start evaluate a policy trained on the tiny recipe with no download:
+``mgpo eval shapes --model runs/tiny/final``. Items come from the prepare stage's generator with
+its defaults (seed 0, 128 test items, 56-pixel images), so they are exactly the prompts
+``mgpo prepare shapes --split test`` writes, never seen in training (splits use separate random
+streams). ``--subset easy|medium|hard`` picks the generator's difficulty (default easy, as the
+tiny recipe trains on).
+
+Scoring is the ``short_answer`` reward's accuracy: the last ``\\boxed{}`` if there is one, else the
+first word, equal to the answer ignoring case. Not part of ``mgpo eval all`` (the paper's suite).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mgpo_cli.errors import MgpoError
+from stages.eval.benchmark import (
+    Benchmark,
+    Row,
+    Subset,
+    accuracy,
+    breakdown,
+    meta_field,
+    prompt_template,
+)
+from stages.score.short_answer import short_answer_reward
+
+SPLITS = {"train": 512, "validation": 64, "test": 128}  # the generator's default sizes
+DIFFICULTIES = ("easy", "medium", "hard")
+TEMPLATE = "short_answer"  # what mgpo prepare shapes uses, so prompts match training
+
+
+def build_row(raw: Row, index: int, split: str, images: list, query: str) -> Row:
+    """A generated problem as a prompt row; choices go into the text as the template lists them."""
+    choices = [str(c) for c in raw["choices"]] if raw.get("choices") else None
+    problem = str(raw["problem"])
+    if choices:
+        problem += f" Choose from: {', '.join(choices)}."
+    return {
+        "id": str(raw["id"]),
+        "prompt": problem,
+        "images": images,
+        "answer": str(raw["answer"]),
+        "choices": choices,
+        "source": "shapes",
+        "meta": {**raw["meta"], "question_text": str(raw["problem"])},
+    }
+
+
+def extract(row: Row, response: str) -> str | None:
+    return short_answer_reward(response, str(row["answer"]))["extracted"] or None
+
+
+def check(row: Row, extracted: str | None) -> dict[str, Any]:
+    normalised = (extracted or "").strip().lower()
+    return {
+        "correct": bool(normalised) and normalised == str(row["answer"]).strip().lower(),
+        "normalised": normalised,
+    }
+
+
+def summarise(rows: list[Row]) -> dict[str, Any]:
+    overall = accuracy(rows)
+    return {
+        **overall,
+        "headline": {"accuracy": overall["accuracy"]},
+        "breakdowns": {"task": breakdown(rows, meta_field("task"))},
+    }
+
+
+def judge_hint(row: Row) -> str:
+    return "the one word or number the response answers with"
+
+
+@dataclass(frozen=True)
+class GeneratedBenchmark(Benchmark):
+    """A benchmark whose items are generated locally instead of read from the hub or files."""
+
+    template: str = TEMPLATE
+
+    def load(
+        self,
+        source: str | Path | None = None,
+        split: str | None = None,
+        subset: str | None = None,
+        limit: int | None = None,
+        query: str | None = None,
+        template: str | None = None,
+    ) -> list[Row]:
+        from stages.prepare import DATASETS, PrepareOptions
+
+        split = self.check_options(split, subset, query)
+        if source is not None:
+            raise MgpoError(f"{self.name} is generated locally: --source does not apply")
+        if limit is not None and limit < 0:
+            raise MgpoError(f"--limit must be >= 0, got {limit}")
+        options = PrepareOptions(name=self.name, split=split, difficulty=subset or DIFFICULTIES[0])
+        render = prompt_template(template or self.template)
+        rows = []
+        for index, raw in enumerate(DATASETS[self.name].problems(options)):
+            if limit is not None and index >= limit:
+                break
+            row = self.build_row(raw, index, split, list(raw["images"]), query or self.queries[0])
+            row["prompt"] = render(row["prompt"])
+            rows.append(row)
+        return rows
+
+
+BENCHMARK = GeneratedBenchmark(
+    name="shapes",
+    hub_id="(built-in)",
+    splits=SPLITS,
+    default_split="test",
+    build_row=build_row,
+    image_columns=("images",),
+    extract=extract,
+    check=check,
+    summarise_rows=summarise,
+    judge_hint=judge_hint,
+    subsets={d: Subset("difficulty", (d,)) for d in DIFFICULTIES},
+    notes="built-in; short_answer accuracy (last boxed answer or first word, ignoring case)",
+)
