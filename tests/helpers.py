@@ -175,13 +175,16 @@ def run_main(
     """
     import contextlib
 
+    import datasets.config
+
     from mgpo_cli.app import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
-    argv, here = sys.argv, os.getcwd()
+    argv, here, cache = sys.argv, os.getcwd(), datasets.config.HF_DATASETS_CACHE
     code: int | str | None = 0
     try:
         sys.argv = ["mgpo", *map(str, args)]
+        datasets.config.HF_DATASETS_CACHE = Path(hf_cache())  # keep ~/.cache clean
         if cwd is not None:
             os.chdir(cwd)
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -191,6 +194,7 @@ def run_main(
                 code = exit_.code
     finally:
         sys.argv = argv
+        datasets.config.HF_DATASETS_CACHE = cache
         os.chdir(here)
     returncode = code if isinstance(code, int) else (0 if code is None else 1)
     return subprocess.CompletedProcess(args, returncode, stdout.getvalue(), stderr.getvalue())
