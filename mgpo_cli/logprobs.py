@@ -22,9 +22,14 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return torch.log_softmax(scaled, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def _needs_positions(model: Any, batch: Batch) -> bool:
-    """Left padding needs explicit positions unless Qwen-VL computes 3-D ones from the mask."""
-    return "image_grid_thw" not in batch.inputs
+def forward_inputs(batch: Batch) -> dict[str, torch.Tensor]:
+    """Model inputs for a left-padded batch: text-only models need explicit positions, which
+    Qwen-VL computes itself (3-D, from the attention mask) when images are present."""
+    inputs = dict(batch.inputs)
+    if "image_grid_thw" not in inputs:
+        mask = inputs["attention_mask"]
+        inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return inputs
 
 
 def response_logprobs(model: Any, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
@@ -41,10 +46,6 @@ def response_logprobs(model: Any, batch: Batch, temperature: float = 1.0) -> tor
     if bool(batch.inputs["attention_mask"][:, -1].eq(0).any()):
         raise ValueError("response_logprobs needs a left-padded batch")
     width = int(batch.response_mask.sum(dim=1).max())
-    inputs = dict(batch.inputs)
-    if _needs_positions(model, batch):
-        mask = inputs["attention_mask"]
-        inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = model(**inputs, use_cache=False, logits_to_keep=width + 1)
+    out = model(**forward_inputs(batch), use_cache=False, logits_to_keep=width + 1)
     logits = out.logits[:, -(width + 1) : -1]
     return token_logprobs(logits, ids[:, -width:], temperature)

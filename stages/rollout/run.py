@@ -35,7 +35,7 @@ class RolloutOptions:
     top_p: float = 1.0
     max_new_tokens: int = 2048
     batch_prompts: int = 64  # prompts per part (and per resumable unit)
-    micro_batch: int = 64  # prompts per generate call
+    micro_batch: int = 64  # sequences (prompt x sample) per generate call (hf)
     seed: int = 0
     policy_step: int = 0
     limit: int | None = None

@@ -25,6 +25,7 @@ class ScoreOptions:
     reward: str = "math"
     workers: int = 1
     timeout_s: float = 5.0
+    format_weight: float | None = None  # None: the reward's own default (0.1 for math)
     out: str | None = None
     overwrite: bool = False
 
@@ -89,6 +90,8 @@ def run_score(options: ScoreOptions, *, quiet: bool = False) -> ScoreSummary:
     """Score every rollout; the reward components become columns beside ``reward``."""
     if options.workers <= 0:
         raise MgpoError(f"--workers must be positive, got {options.workers}")
+    if options.format_weight is not None and not 0.0 <= options.format_weight <= 1.0:
+        raise MgpoError(f"format weight must be in [0, 1], got {options.format_weight}")
     items, total = _items(options)
     out = options.out_dir()
     config = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("overwrite", "out")}
@@ -96,8 +99,15 @@ def run_score(options: ScoreOptions, *, quiet: bool = False) -> ScoreSummary:
     rows: list[dict[str, Any]] = []
     with progress() as bar:
         task = bar.add_task("score", total=total, visible=not quiet)
+        reward_options = (
+            {} if options.format_weight is None else {"format_weight": options.format_weight}
+        )
         for scored in score_items(
-            items, options.reward, workers=options.workers, timeout_s=options.timeout_s
+            items,
+            options.reward,
+            workers=options.workers,
+            timeout_s=options.timeout_s,
+            options=reward_options,
         ):
             rows.append(scored)
             bar.advance(task)

@@ -37,7 +37,7 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 2048
     max_prompt_tokens: int = 2048
-    micro_batch: int = 64  # prompts per generate call (hf)
+    micro_batch: int = 64  # sequences (prompt x sample) per generate call (hf)
     gpu_memory_utilization: float = 0.6
     tensor_parallel_size: int = 1
     max_resample_rounds: int = (
@@ -50,7 +50,7 @@ class ScoreConfig:
     reward: str = "math"  # math | short_answer | path/to/file.py:function
     workers: int = 1
     timeout_s: float = 5.0
-    format_weight: float = 0.1
+    format_weight: float | None = None  # None: the reward's default (math: 0.1)
 
 
 @dataclass(frozen=True)

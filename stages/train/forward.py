@@ -1,10 +1,13 @@
 """Teacher-forced log-probs of sampled responses under the policy being trained.
 
-The prompt and response are encoded exactly as the rollout engine encoded them (one ``PolicyIO``),
-the model's last hidden states at the positions that predict each response token are gathered
-into a ``[B, R]`` grid, and the ``lm_head`` is applied chunk by chunk
-(:func:`stages.train.logprobs.logprobs_from_hidden`), so a 151,936-token vocabulary never
-materialises a full ``[tokens, vocab]`` tensor.
+The prompt and response are encoded exactly as the rollout engine encoded them (one ``PolicyIO``,
+left padding, so every response ends in the last column). The model is called through its own
+``forward`` (so a DDP/FSDP wrapper sees the call and synchronises gradients) with
+``logits_to_keep`` = the longest response + 1: only response positions get logits, never the
+prompt's. Log-probs and entropy then come from the chunked
+:func:`stages.train.logprobs.logprobs_from_logits`, which never builds a second
+``[tokens, vocab]`` log-softmax copy. Results are returned left-aligned: column ``j`` is the
+``j``-th response token, as in the rollout shards.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mgpo_cli.logprobs import forward_inputs
 from mgpo_cli.policy_io import PolicyIO
-from stages.train.logprobs import logprobs_from_hidden
+from stages.train.logprobs import logprobs_from_logits
 
 
 @dataclass
@@ -25,15 +29,6 @@ class ResponseLogprobs:
     logp: Tensor  # [B, R] log-prob of each response token (0 on padding)
     entropy: Tensor | None  # [B, R]
     mask: Tensor  # [B, R] bool, True on response tokens
-
-
-def _decoder(model: Any) -> tuple[Any, Any]:
-    """The body that returns hidden states, and the output projection."""
-    head = model.get_output_embeddings()
-    body = getattr(model, "model", None)
-    if body is None:
-        raise TypeError(f"{type(model).__name__} has no .model body to take hidden states from")
-    return body, head
 
 
 def response_logprobs(
@@ -48,30 +43,23 @@ def response_logprobs(
     """Log-probs (at ``temperature``) of ``responses[i]`` following prompt ``rows[i]``."""
     device = next(model.parameters()).device
     batch = io.encode(rows, responses, padding_side="left").to(device)
-    body, head = _decoder(model)
-    hidden = body(**batch.inputs, use_cache=False).last_hidden_state  # [B, T, H]
-    ids = batch.inputs["input_ids"]
-    mask_full = batch.response_mask.bool()
-    lengths = mask_full.sum(1)
-    width = int(lengths.max().item()) if len(lengths) else 0
-    # Position of the j-th response token of each row; its logits sit one position earlier.
-    order = torch.arange(mask_full.shape[1], device=device).expand_as(mask_full)
-    first = torch.where(mask_full, order, torch.full_like(order, mask_full.shape[1])).min(1).values
-    offsets = torch.arange(width, device=device)
-    positions = (first[:, None] + offsets[None, :]).clamp(max=mask_full.shape[1] - 1)
-    mask = offsets[None, :] < lengths[:, None]
-    targets = torch.gather(ids, 1, positions).masked_fill(~mask, 0)
-    gathered = torch.gather(
-        hidden, 1, (positions - 1).clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1])
-    )
-    out = logprobs_from_hidden(
-        gathered,
-        head.weight,
+    lengths = batch.response_mask.sum(1)
+    width = max(int(lengths.max().item()), 1)
+    out = model(**forward_inputs(batch), use_cache=False, logits_to_keep=width + 1)
+    logits = out.logits[:, -(width + 1) : -1]  # position t-1 predicts token t
+    targets = batch.inputs["input_ids"][:, -width:]
+    result = logprobs_from_logits(
+        logits,
         targets,
-        bias=getattr(head, "bias", None),
         temperature=temperature if temperature > 0 else 1.0,
         with_entropy=with_entropy,
     )
-    logp = out.logp.masked_fill(~mask, 0.0)
-    entropy = None if out.entropy is None else out.entropy.masked_fill(~mask, 0.0)
+    # Right-aligned (row i's response fills its last len_i columns) -> left-aligned.
+    columns = torch.arange(width, device=device)
+    mask = columns[None, :] < lengths[:, None]
+    source = ((width - lengths)[:, None] + columns[None, :]).clamp(max=width - 1)
+    logp = torch.gather(result.logp, 1, source).masked_fill(~mask, 0.0)
+    entropy = None
+    if result.entropy is not None:
+        entropy = torch.gather(result.entropy, 1, source).masked_fill(~mask, 0.0)
     return ResponseLogprobs(logp=logp, entropy=entropy, mask=mask)

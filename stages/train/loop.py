@@ -18,6 +18,7 @@ single-process run on the same batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -79,32 +80,37 @@ def loss_params(config: TrainConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- run directory
 
 
-def prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
-    """Create or check the run directory; never lose an existing run by accident."""
+def check_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
+    """Refuse to touch an existing run unless told how (read-only: safe on every process)."""
     run_dir = Path(config.run_dir)
     saved = run_dir / "config.json"
-    resolved = to_dict(config)
     if saved.is_file():
         previous = json.loads(saved.read_text())
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif not resume:
+        if not overwrite and not resume:
             raise MgpoError(
                 f"{run_dir}: a run already exists here (pass --resume to continue it or --overwrite to replace it)"
             )
-        elif _comparable(previous) != _comparable(resolved):
+        if resume and not overwrite and _comparable(previous) != _comparable(to_dict(config)):
             raise MgpoError(
-                f"{run_dir}: --resume with a different config than the run was started with ({_first_difference(previous, resolved)})"
+                f"{run_dir}: --resume with a different config than the run was started with ({_first_difference(previous, to_dict(config))})"
             )
     elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise MgpoError(
             f"{run_dir}: exists, is not empty and is not an mgpo run (pass --overwrite)"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_suffix(".tmp")
-    tmp.write_text(json.dumps(resolved, indent=2, default=str))
-    tmp.replace(saved)
     return run_dir
+
+
+def write_run_dir(config: TrainConfig, *, overwrite: bool) -> None:
+    """Start the run directory (main process only): replace it if asked, save the config."""
+    run_dir = Path(config.run_dir)
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.json"
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(json.dumps(to_dict(config), indent=2, default=str))
+    tmp.replace(saved)
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +197,9 @@ class Trainer:
         self.position = Position()
         self.step = 0
         self.opt_steps = 0
+        self.losses: list[
+            float
+        ] = []  # whole-mini-batch loss of each optimizer step (all processes)
 
     # -- stages, called exactly as the CLI calls them -----------------------------------------
 
@@ -249,6 +258,7 @@ class Trainer:
                         reward=s.reward,
                         workers=s.workers,
                         timeout_s=s.timeout_s,
+                        format_weight=s.format_weight,
                         out=str(scores),
                     ),
                     quiet=True,
@@ -356,7 +366,7 @@ class Trainer:
 
     def update(self, batch: StepBatch) -> dict[str, float]:
         """All optimizer steps of this training step; returns averaged loss metrics."""
-        config, acc = self.config, self.accelerator
+        config = self.config
         prompt_ids, responses, engine_logprobs, rewards, group_ids = batch.flat()
         rows = self._prompt_rows(set(prompt_ids))
         sample_rows = [rows[p] for p in prompt_ids]
@@ -383,6 +393,7 @@ class Trainer:
         order_rng = random.Random(step_seed(config.trainer.seed, self.step, "shuffle"))
         collected: list[dict[str, float]] = []
         grad_norms: list[float] = []
+        self.losses = []
         count = len(responses)
         for _ in range(config.optim.epochs):
             order = list(range(count))
@@ -406,6 +417,8 @@ class Trainer:
         )
         metrics.update(timings)
         metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+        # The loss of each whole mini-batch (summed over micro-batches and processes), averaged.
+        metrics["loss"] = sum(self.losses) / max(len(self.losses), 1)
         metrics["engine_logprob_mismatch"] = sum(mismatch) / max(len(mismatch), 1)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         tokens = sum(len(r) for r in responses) * config.optim.epochs
@@ -417,7 +430,13 @@ class Trainer:
     def _optimizer_step(
         self, mini, rows, responses, old, ref, advantages, params, collected
     ) -> float:
-        """One optimizer step over mini-batch ``mini`` (indices), split across processes and micro-batches."""
+        """One optimizer step over mini-batch ``mini`` (sample indices).
+
+        Every process takes ``mini[rank::world]`` and runs the same number of micro-batches
+        (a process short of samples repeats one with its mask off, contributing nothing), so the
+        gradient all-reduce lines up. Loss normalisers are the mini-batch's global counts, and
+        DDP averages over processes, so each micro-batch loss is scaled by ``world``.
+        """
         acc, config = self.accelerator, self.config
         world, rank = acc.num_processes, acc.process_index
         lengths = [len(responses[i]) for i in mini]
@@ -428,20 +447,25 @@ class Trainer:
         }
         accepted = algos.options(config.algo.name)
         step_params = {**params, **{k: v for k, v in normalisers.items() if k in accepted}}
+        per_rank = -(-len(mini) // world)
         local = mini[rank::world]
-        micro = self._slices(len(local), config.optim.micro_batch)
-        micro = micro or [[]]
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr_at(self.opt_steps, config)
+        padded = local + [None] * (per_rank - len(local))  # None: a masked-off placeholder
+        micro = [
+            padded[i : i + config.optim.micro_batch]
+            for i in range(0, per_rank, config.optim.micro_batch)
+        ]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.opt_steps, config)
+        total = torch.zeros((), device=acc.device)
         for k, chunk in enumerate(micro):
-            indices = [local[i] for i in chunk]
-            sync = k == len(micro) - 1
-            context = acc.no_sync(self.model) if not sync and world > 1 else _null()
+            indices = [i if i is not None else mini[0] for i in chunk]
+            live = torch.tensor([i is not None for i in chunk], device=acc.device)
+            context = (
+                acc.no_sync(self.model)
+                if k < len(micro) - 1 and world > 1
+                else contextlib.nullcontext()
+            )
             with context, acc.autocast():
-                if not indices:  # an idle rank still joins the gradient all-reduce
-                    loss = sum(p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad)
-                    acc.backward(loss)
-                    continue
                 result = response_logprobs(
                     self.model,
                     self.io,
@@ -450,23 +474,23 @@ class Trainer:
                     temperature=self._temperature(),
                 )
                 width = result.logp.shape[1]
-                old_t = _pad([old[i] for i in indices], width)
-                ref_t = _pad([ref[i] for i in indices], width) if ref is not None else None
-                adv = advantages[indices].to(result.logp.device)
-                extra = {"ref_logp": ref_t.to(result.logp.device)} if ref_t is not None else {}
+                device = result.logp.device
+                extra = {}
+                if ref is not None:
+                    extra["ref_logp"] = _pad([ref[i] for i in indices], width).to(device)
                 loss, metrics = algos.compute_loss(
                     config.algo.name,
                     result.logp,
-                    old_t.to(result.logp.device),
-                    adv,
-                    result.mask,
+                    _pad([old[i] for i in indices], width).to(device),
+                    advantages[indices].to(device),
+                    result.mask & live[:, None],
                     entropy=result.entropy,
                     **step_params,
                     **extra,
                 )
-                # Normalisers are global; DDP averages gradients over processes, so scale back up.
                 acc.backward(loss * world)
-                metrics["loss_contribution"] = float(loss.detach())
+            total += loss.detach()
+            if bool(live.any()):
                 collected.append(metrics)
         grad_norm = acc.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], config.optim.grad_clip
@@ -474,6 +498,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.opt_steps += 1
+        self.losses.append(float(acc.reduce(total, reduction="sum")))
         return float(grad_norm)
 
     def _prompt_rows(self, ids: set[str]) -> dict[str, dict]:
@@ -537,14 +562,6 @@ class Trainer:
             tmp.replace(folder)
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _pad(values: list[torch.Tensor], width: int) -> torch.Tensor:
     out = torch.zeros(len(values), width)
     for i, v in enumerate(values):
@@ -562,7 +579,14 @@ def run_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     open_shards(config.data.train, "prompts")
     if config.data.val:
         open_shards(config.data.val, "prompts")
-    run_dir = prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    from accelerate import PartialState
+
+    run_dir = check_run_dir(config, resume=resume, overwrite=overwrite)
+    state = PartialState(cpu=not (torch.cuda.is_available() and config.trainer.device != "cpu"))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_run_dir(config, overwrite=overwrite and not resume)
+    state.wait_for_everyone()
     trainer = Trainer(config, run_dir)
     log = MetricsLog(
         run_dir,
