@@ -11,6 +11,7 @@ import sys
 import typer
 
 from mgpo_cli import __version__
+from mgpo_cli.commands import eval as eval_command
 from mgpo_cli.commands import prepare, rollout, score, shards, train
 from mgpo_cli.errors import MgpoError
 
@@ -42,6 +43,7 @@ def _root(
     """Reinforcement learning for vision-language models on verifiable math."""
 
 
+app.command("eval")(eval_command.evaluate)
 app.command("prepare")(prepare.prepare)
 app.command("rollout")(rollout.rollout)
 app.command("score")(score.score)
