@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from eval_fixtures import (
     mathverse_record,
     mathvision_record,
@@ -24,7 +25,6 @@ from eval_fixtures import (
     write_wemath,
 )
 from helpers import assert_user_error, run_cli, run_main
-
 from mgpo_cli.shards import open_shards, write_shards
 from stages.eval import SUITE, get_benchmark, read_summary
 from stages.eval.run import PREDICTIONS
@@ -224,6 +224,7 @@ def _broken_model(tiny_model_dir: Path, folder: Path) -> Path:
         (("shapes", "--model", "tiny", "-n", "2"), ("-n 2", "--temperature")),
         (("shapes",), ("missing --model",)),
         (("shapes", "--model", "tiny", "--source", "."), ("generated locally",)),
+        (("shapes", "--model", "tiny", "--judge", "http://127.0.0.1:9"), ("cannot reach",)),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, tmp_path, args, fragments):

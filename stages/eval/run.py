@@ -439,7 +439,9 @@ def evaluate_pair(
         records = write_predictions(pair, judge, options)
         return write_pair_summary(pair, records)
     except MgpoError:
-        _remove(created)  # bad input leaves nothing behind; resumable work already there stays
+        # Bad input leaves nothing behind; finished responses stay (a rerun only rescores them).
+        if not is_complete(pair.rollouts):
+            _remove(created)
         raise
 
 
@@ -471,6 +473,16 @@ class LazyEngine:
             pass
 
 
+def make_judge(options: EvalOptions) -> Any:
+    """The answer judge, its server reached once now rather than after hours of generation."""
+    if not options.judge:
+        return None
+    from stages.eval.judge import Judge
+
+    listed = Judge(options.judge).model_name()
+    return Judge(options.judge, options.judge_model or listed)
+
+
 def _by_model(pairs: list[Pair]) -> Iterator[tuple[EvalModel, list[Pair]]]:
     models = list(dict.fromkeys(p.model for p in pairs))
     for model in models:
@@ -480,11 +492,7 @@ def _by_model(pairs: list[Pair]) -> Iterator[tuple[EvalModel, list[Pair]]]:
 def run_eval(options: EvalOptions) -> dict[str, dict[str, dict[str, Any]]]:
     """Evaluate every model on every benchmark; returns ``{model_tag: {bench: summary}}``."""
     pairs = plan(options)
-    judge = None
-    if options.judge:
-        from stages.eval.judge import Judge
-
-        judge = Judge(options.judge, options.judge_model)
+    judge = make_judge(options)
     summaries: dict[str, dict[str, dict[str, Any]]] = {}
     done: dict[str, Path] = {}
     for model, model_pairs in _by_model(pairs):
