@@ -26,8 +26,10 @@ from torch import Tensor
 
 from mgpo_cli.errors import MgpoError
 
-CHUNK_ELEMENTS = 2**25
-"""Default chunk: about 32M logits (128 MB in float32), i.e. 220 tokens at vocab 151,936."""
+CHUNK_ELEMENTS = {"cpu": 2**21, "other": 2**25}
+"""Default chunk size in logits per device type. CPU: 2M (8 MB float32, 13 tokens at vocab
+151,936) so a chunk's passes stay in cache, which makes the lean path *faster* than the naive one
+there; accelerators: 32M (220 tokens) to keep the kernel count low."""
 
 
 class TokenLogprobs(NamedTuple):
@@ -35,9 +37,10 @@ class TokenLogprobs(NamedTuple):
     entropy: Tensor | None  # same shape, None unless asked for
 
 
-def _chunk_rows(vocab: int, chunk_tokens: int | None) -> int:
+def _chunk_rows(vocab: int, chunk_tokens: int | None, device: torch.device) -> int:
     if chunk_tokens is None:
-        return max(1, CHUNK_ELEMENTS // max(vocab, 1))
+        budget = CHUNK_ELEMENTS["cpu" if device.type == "cpu" else "other"]
+        return max(1, budget // max(vocab, 1))
     if chunk_tokens < 1:
         raise MgpoError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     return int(chunk_tokens)
@@ -53,47 +56,66 @@ def _math_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _chunk_forward(
-    z: Tensor, targets: Tensor, valid: Tensor, with_entropy: bool
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Log-prob of the target, log-normaliser and entropy of a ``[c, V]`` chunk of scaled logits.
+class _Buffers:
+    """Two float ``[rows, V]`` work buffers reused by every chunk of one call.
 
-    ``z`` is a private float buffer and is modified in place (shifted by its row max)."""
+    On CPU a fresh multi-megabyte tensor is page-faulted in on first touch (glibc hands large
+    blocks back to the OS on free), which costs more than the arithmetic on it; reusing two
+    buffers keeps the whole computation at a few in-place passes per chunk."""
+
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.z = torch.empty(rows, vocab, dtype=dtype, device=device)
+        self.e = torch.empty_like(self.z)
+
+    def load(self, block: Tensor, inv_t: float) -> tuple[Tensor, Tensor]:
+        """Scaled float copy of a ``[c, V]`` logits block, and a scratch buffer of that shape."""
+        c = block.shape[0]
+        z, e = self.z[:c], self.e[:c]
+        z.copy_(block)
+        if inv_t != 1.0:
+            z.mul_(inv_t)
+        return z, e
+
+
+def _chunk_forward(
+    z: Tensor, e: Tensor, targets: Tensor, valid: Tensor, with_entropy: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Log-prob of the target, log-normaliser and entropy of a ``[c, V]`` chunk of scaled logits
+    ``z`` (modified in place: shifted by its row max); ``e`` is scratch."""
     zmax = z.amax(dim=1, keepdim=True)
     z.sub_(zmax)
     target_z = z.gather(1, targets[:, None]).squeeze(1)
-    e = z.exp()
+    torch.exp(z, out=e)
     total = e.sum(dim=1)
     log_total = total.log()
     logp = (target_z - log_total) * valid
     entropy = None
-    if with_entropy:
-        # H = log sum e - sum(e * z) / sum e   (z already shifted)
-        ez = torch.bmm(e[:, None, :], z[:, :, None]).view(-1)
-        entropy = log_total - ez / total
+    if with_entropy:  # H = log sum e - sum(e * z) / sum e   (z already shifted)
+        entropy = log_total - e.mul_(z).sum(dim=1) / total
     return logp, zmax.squeeze(1) + log_total, entropy
 
 
 def _chunk_grad(
     z: Tensor,
+    e: Tensor,
     targets: Tensor,
     lse: Tensor,
     entropy: Tensor | None,
     g_logp: Tensor,
     g_entropy: Tensor | None,
 ) -> Tensor:
-    """d(loss)/d(scaled logits) of a chunk, in place in the float buffer ``z``.
+    """d(loss)/d(scaled logits) of a chunk, built in ``e`` (returned); ``z`` is overwritten.
 
     d logp_y / dz = onehot(y) - p;  d H / dz = -p * (log p + H)."""
     z.sub_(lse[:, None])  # log p
-    p = z.exp()
+    torch.exp(z, out=e)  # p
     if g_entropy is not None and entropy is not None:
         coef = z.add_(entropy[:, None]).mul_(g_entropy[:, None]).add_(g_logp[:, None])
-        grad = p.mul_(coef).neg_()
+        e.mul_(coef).neg_()
     else:
-        grad = p.mul_(-g_logp[:, None])
-    grad.scatter_add_(1, targets[:, None], g_logp[:, None])
-    return grad
+        e.mul_(-g_logp[:, None])
+    e.scatter_add_(1, targets[:, None], g_logp[:, None])
+    return e
 
 
 def _targets(targets: Tensor, vocab: int) -> tuple[Tensor, Tensor]:
@@ -136,9 +158,10 @@ class _LogitsLogprobs(torch.autograd.Function):
         lse = torch.empty_like(logp)
         ent = torch.zeros_like(logp)
         vf = valid.to(dtype)
+        buf = _Buffers(min(rows, logits.shape[1]), logits.shape[2], dtype, logits.device)
         for block, sl in _blocks_3d(logits, rows):
-            z = block.to(dtype, copy=True).mul_(inv_t)
-            lp, ls, en = _chunk_forward(z, targets[sl], vf[sl], with_entropy)
+            z, e = buf.load(block, inv_t)
+            lp, ls, en = _chunk_forward(z, e, targets[sl], vf[sl], with_entropy)
             logp[sl], lse[sl] = lp, ls
             if en is not None:
                 ent[sl] = en
@@ -158,13 +181,49 @@ class _LogitsLogprobs(torch.autograd.Function):
         g_en = g_ent.to(dtype) if (g_ent is not None and ctx.with_entropy) else None
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         grad_blocks = _blocks_3d(grad, ctx.rows)
+        buf = _Buffers(min(ctx.rows, logits.shape[1]), logits.shape[2], dtype, logits.device)
         for (block, sl), (out, _) in zip(_blocks_3d(logits, ctx.rows), grad_blocks, strict=True):
-            z = block.to(dtype, copy=True).mul_(ctx.inv_t)
+            z, e = buf.load(block, ctx.inv_t)
             g = _chunk_grad(
-                z, targets[sl], lse[sl], ent[sl], g_lp[sl], None if g_en is None else g_en[sl]
+                z, e, targets[sl], lse[sl], ent[sl], g_lp[sl], None if g_en is None else g_en[sl]
             )
-            out.copy_(g.mul_(ctx.inv_t))
+            if ctx.inv_t != 1.0:
+                g.mul_(ctx.inv_t)
+            out.copy_(g)
         return grad, None, None, None, None, None
+
+
+class _HiddenBuffers(_Buffers):
+    """Work buffers plus one in the model dtype for the chunk matmul (and its gradient)."""
+
+    def __init__(self, rows: int, vocab: int, dtype: torch.dtype, weight: Tensor) -> None:
+        super().__init__(rows, vocab, dtype, weight.device)
+        same = weight.dtype == dtype
+        self.raw = (
+            self.z if same else torch.empty(rows, vocab, dtype=weight.dtype, device=weight.device)
+        )
+
+    def logits(
+        self, h: Tensor, weight: Tensor, bias: Tensor | None, inv_t: float
+    ) -> tuple[Tensor, Tensor]:
+        """Scaled float logits of a hidden chunk, computed like ``F.linear`` in the model dtype."""
+        c = h.shape[0]
+        raw, z = self.raw[:c], self.z[:c]
+        if bias is None:
+            torch.mm(h, weight.t(), out=raw)
+        else:
+            torch.addmm(bias, h, weight.t(), out=raw)
+        if raw is not z:
+            z.copy_(raw)
+        if inv_t != 1.0:
+            z.mul_(inv_t)
+        return z, self.e[:c]
+
+    def in_model_dtype(self, g: Tensor) -> Tensor:
+        if self.raw is self.z:
+            return g
+        raw = self.raw[: g.shape[0]]
+        return raw.copy_(g)
 
 
 class _HiddenLogprobs(torch.autograd.Function):
@@ -184,14 +243,15 @@ class _HiddenLogprobs(torch.autograd.Function):
         with_entropy: bool,
     ) -> tuple[Tensor, Tensor]:
         m = hidden.shape[0]
-        dtype = _math_dtype(hidden)
+        dtype = _math_dtype(weight)
         logp = torch.empty(m, dtype=dtype, device=hidden.device)
         lse = torch.empty_like(logp)
         ent = torch.zeros_like(logp)
         vf = valid.to(dtype)
+        buf = _HiddenBuffers(min(rows, m), weight.shape[0], dtype, weight)
         for sl in _row_blocks(m, rows):
-            z = torch.nn.functional.linear(hidden[sl], weight, bias).to(dtype).mul_(inv_t)
-            lp, ls, en = _chunk_forward(z, targets[sl], vf[sl], with_entropy)
+            z, e = buf.logits(hidden[sl], weight, bias, inv_t)
+            lp, ls, en = _chunk_forward(z, e, targets[sl], vf[sl], with_entropy)
             logp[sl], lse[sl] = lp, ls
             if en is not None:
                 ent[sl] = en
@@ -210,21 +270,25 @@ class _HiddenLogprobs(torch.autograd.Function):
         g_lp = (torch.zeros_like(lse) if g_logp is None else g_logp.to(dtype)) * vf
         g_en = g_ent.to(dtype) if (g_ent is not None and ctx.with_entropy) else None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.empty_like(hidden) if need_h else None
+        m = hidden.shape[0]
+        grad_h = torch.empty_like(hidden, memory_format=torch.contiguous_format) if need_h else None
         # accumulated in the weight's dtype: one rounding per chunk, like bf16 grad accumulation
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_b = torch.zeros_like(bias) if (need_b and bias is not None) else None
-        for sl in _row_blocks(hidden.shape[0], ctx.rows):
+        buf = _HiddenBuffers(min(ctx.rows, m), weight.shape[0], dtype, weight)
+        for sl in _row_blocks(m, ctx.rows):
             h = hidden[sl]
-            z = torch.nn.functional.linear(h, weight, bias).to(dtype).mul_(ctx.inv_t)
+            z, e = buf.logits(h, weight, bias, ctx.inv_t)
             g = _chunk_grad(
-                z, targets[sl], lse[sl], ent[sl], g_lp[sl], None if g_en is None else g_en[sl]
+                z, e, targets[sl], lse[sl], ent[sl], g_lp[sl], None if g_en is None else g_en[sl]
             )
-            g = g.mul_(ctx.inv_t).to(weight.dtype)
+            if ctx.inv_t != 1.0:
+                g.mul_(ctx.inv_t)
+            g = buf.in_model_dtype(g)
             if grad_h is not None:
-                grad_h[sl] = g @ weight
+                torch.mm(g, weight, out=grad_h[sl])
             if grad_w is not None:
-                grad_w.addmm_(g.t(), h.to(weight.dtype))
+                grad_w.addmm_(g.t(), h)
             if grad_b is not None:
                 grad_b.add_(g.sum(0))
         return grad_h, grad_w, grad_b, None, None, None, None, None
@@ -250,7 +314,7 @@ def logprobs_from_logits(
         raise ValueError(
             f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not align"
         )
-    rows = _chunk_rows(vocab, chunk_tokens)
+    rows = _chunk_rows(vocab, chunk_tokens, logits.device)
     flat_t, valid = _targets(targets, vocab)
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
@@ -287,7 +351,9 @@ def logprobs_from_hidden(
             f"hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)} and targets "
             f"{tuple(targets.shape)} do not align"
         )
-    rows = _chunk_rows(vocab, chunk_tokens)
+    if hidden.dtype != weight.dtype:
+        raise ValueError(f"hidden is {hidden.dtype} but weight is {weight.dtype}")
+    rows = _chunk_rows(vocab, chunk_tokens, hidden.device)
     flat_t, valid = _targets(targets, vocab)
     logp, ent = _HiddenLogprobs.apply(
         hidden.reshape(-1, width), weight, bias, flat_t, valid, inv_t, rows, with_entropy
