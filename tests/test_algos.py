@@ -87,8 +87,8 @@ def ref_token_objective(lp, old, adv, mask, eps_low, eps_high, kind, alpha=None,
     return out
 
 
-def ref_seq_mean_loss(per_token, mask, n_rows):
-    total = 0.0
+def ref_seq_mean_loss(per_token, mask, n_rows, zero):
+    total = zero
     for i in range(mask.shape[0]):
         valid = ref_valid(mask, i)
         if valid:
@@ -98,6 +98,7 @@ def ref_seq_mean_loss(per_token, mask, n_rows):
 
 def reference_loss(name, lp, old, adv, mask, **p):
     n, length = lp.shape
+    zero = lp.sum() * 0.0  # keeps empty sums attached to the graph
     ref = p.get("ref_logp")
     coef = p.get("kl_coef", 0.0)
     kl = (
@@ -107,7 +108,9 @@ def reference_loss(name, lp, old, adv, mask, **p):
     )
     if name == "gpg":
         tokens = sum(len(ref_valid(mask, i)) for i in range(n))
-        total = sum(lp[i, t] * ref_adv(adv, i, t) for i in range(n) for t in ref_valid(mask, i))
+        total = sum(
+            (lp[i, t] * ref_adv(adv, i, t) for i in range(n) for t in ref_valid(mask, i)), zero
+        )
         return -p.get("alpha_age", 1.0) * total / max(tokens, 1)
     defaults = algos.options(name)
     el = p.get("eps_low", defaults["eps_low"])
@@ -117,18 +120,18 @@ def reference_loss(name, lp, old, adv, mask, **p):
         obj = ref_token_objective(
             lp, old, adv, mask, el, eh, kind, p.get("alpha", 0.5), p.get("beta", 0.5)
         )
-        loss = ref_seq_mean_loss(obj, mask, n)
+        loss = ref_seq_mean_loss(obj, mask, n, zero)
         if kl is not None and coef:
-            loss = loss - coef * ref_seq_mean_loss(kl, mask, n)
+            loss = loss - coef * ref_seq_mean_loss(kl, mask, n, zero)
         return loss
     obj = ref_token_objective(lp, old, adv, mask, el, eh, "grpo")
     if name == "dapo":
         denom = max(sum(len(ref_valid(mask, i)) for i in range(n)), 1)
     else:  # dr_grpo
         denom = n * p.get("max_len", length)
-    loss = -sum(obj.values(), torch.zeros((), dtype=lp.dtype)) / denom
+    loss = -sum(obj.values(), zero) / denom
     if kl is not None and coef:
-        loss = loss + coef * sum(kl.values(), torch.zeros((), dtype=lp.dtype)) / denom
+        loss = loss + coef * sum(kl.values(), zero) / denom
     return loss
 
 
@@ -182,8 +185,7 @@ def check_against_reference(name, params, lp, old, adv, mask, atol=1e-10):
     (grad,) = torch.autograd.grad(loss, leaf)
     leaf_ref = lp.clone().requires_grad_(True)
     ref = reference_loss(name, leaf_ref, old, adv, mask, **params)
-    (grad_ref,) = torch.autograd.grad(ref, leaf_ref, allow_unused=True)
-    grad_ref = torch.zeros_like(lp) if grad_ref is None else grad_ref
+    (grad_ref,) = torch.autograd.grad(ref, leaf_ref)
     torch.testing.assert_close(loss.detach(), ref.detach(), atol=atol, rtol=1e-9)
     torch.testing.assert_close(grad, grad_ref, atol=atol, rtol=1e-9)
     assert metrics["loss"] == pytest.approx(loss.item())
@@ -621,7 +623,8 @@ def test_blend_weight_properties(seed, n, length, beta, alpha):
         for i in range(n):
             valid = ref_valid(mask, i)
             expected = ref_blend(lp, mask, i, alpha, beta)
-            assert counts[i].item() == sum(v > 0 for v in expected.values())
+            if dtype == F64:  # a tiny alpha may underflow to 0 in float32
+                assert counts[i].item() == sum(v > 0 for v in expected.values())
             for t in valid:
                 assert a[i, t].item() == pytest.approx(expected[t], abs=1e-6)
 
