@@ -3,13 +3,16 @@
 Prompts are taken in fixed batches (``batch_prompts``) and each batch becomes one Parquet part,
 sampled with a seed derived from the run seed and the batch's first prompt. A rerun after a kill
 finds the finished parts in the staging directory, skips those prompts, and produces exactly the
-rows an uninterrupted run would have: no duplicates, nothing missing.
+rows an uninterrupted run would have: no duplicates, nothing missing. Staged parts are only
+resumed by a run with the same settings over the same prompt content (the prompts' manifest hash
+is part of the producer record); a user error (``MgpoError``) leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ from rich.progress import TextColumn
 
 from mgpo_cli.console import console, progress
 from mgpo_cli.errors import MgpoError
-from mgpo_cli.shards import ShardWriter, is_complete, open_shards, prompt_row
+from mgpo_cli.shards import ShardSet, ShardWriter, check_target, open_shards, prompt_row
 from stages.rollout.backends import make_engine
 from stages.rollout.engine_api import Engine
 
@@ -51,11 +54,12 @@ class RolloutOptions:
     max_model_len: int = 4096
 
     def out_dir(self) -> Path:
-        return (
-            Path(self.out)
-            if self.out
-            else Path(self.prompts).parent / f"{Path(self.prompts).name}-rollouts"
-        )
+        if self.out:
+            return Path(self.out)
+        prompts = Path(self.prompts)
+        if prompts.name in ("", ".", ".."):  # '.' has no name to put '-rollouts' after
+            prompts = prompts.resolve()
+        return prompts.parent / f"{prompts.name}-rollouts"
 
     def sampling(self) -> dict[str, Any]:
         return {
@@ -72,8 +76,9 @@ def batch_seed(seed: int, first_prompt_id: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def _prompt_batches(options: RolloutOptions) -> tuple[Iterator[list[dict[str, Any]]], int]:
-    prompts = open_shards(options.prompts, "prompts")
+def _prompt_batches(
+    options: RolloutOptions, prompts: ShardSet
+) -> tuple[Iterator[list[dict[str, Any]]], int]:
     if options.prompt_ids is not None:
         wanted = {pid: i for i, pid in enumerate(options.prompt_ids)}
         rows = [r for r in prompts.iter_rows() if r["id"] in wanted]
@@ -83,11 +88,19 @@ def _prompt_batches(options: RolloutOptions) -> tuple[Iterator[list[dict[str, An
                 f"{options.prompts}: prompt id(s) not found: {', '.join(sorted(missing)[:3])}"
             )
         rows.sort(key=lambda r: wanted[r["id"]])
-        total = len(rows)
+        ids = [r["id"] for r in rows]
         source: Iterator[dict[str, Any]] = iter(rows)
     else:
-        total = min(prompts.num_rows, options.limit) if options.limit else prompts.num_rows
+        total = prompts.num_rows if options.limit is None else min(prompts.num_rows, options.limit)
+        ids = [r["id"] for r in itertools.islice(prompts.iter_rows(columns=["id"]), total)]
         source = prompts.iter_rows()
+    # Rows are keyed by prompt id downstream (resume, scoring): an id may appear only once.
+    seen: set[str] = set()
+    for pid in ids:
+        if pid in seen:
+            raise MgpoError(f"{options.prompts}: prompt id {pid!r} appears more than once")
+        seen.add(pid)
+    total = len(ids)
 
     def batches() -> Iterator[list[dict[str, Any]]]:
         batch: list[dict[str, Any]] = []
@@ -104,6 +117,17 @@ def _prompt_batches(options: RolloutOptions) -> tuple[Iterator[list[dict[str, An
     return batches(), total
 
 
+def _check(options: RolloutOptions, out: Path) -> None:
+    """Everything about the options and the output that can be refused before a model loads."""
+    if options.limit is not None and options.limit < 1:
+        raise MgpoError(f"--limit must be positive, got {options.limit}")
+    if options.batch_prompts < 1:
+        raise MgpoError(f"--batch-prompts must be positive, got {options.batch_prompts}")
+    if out.resolve() == Path(options.prompts).resolve():
+        raise MgpoError(f"--out {out}: is the prompts directory; choose another output directory")
+    check_target(out, overwrite=options.overwrite)
+
+
 def run_rollout(
     options: RolloutOptions, engine: Engine | None = None, *, quiet: bool = False
 ) -> Path:
@@ -113,13 +137,19 @@ def run_rollout(
     built from ``options.model`` and ``options.backend``.
     """
     out = options.out_dir()
-    if is_complete(out) and not options.overwrite:
-        raise MgpoError(
-            f"{out}: already holds a complete shard set (pass --overwrite to replace it)"
-        )
-    batches, total = _prompt_batches(options)
+    _check(options, out)
+    prompts = open_shards(options.prompts, "prompts")
+    batches, total = _prompt_batches(options, prompts)
     config = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("overwrite", "out")}
-    producer = {"command": "mgpo rollout", "stage": "rollout", "config": config}
+    # Absolute, so `mgpo score` finds the prompts from any working directory.
+    config["prompts"] = str(Path(options.prompts).resolve())
+    producer = {
+        "command": "mgpo rollout",
+        "stage": "rollout",
+        "config": config,
+        # Staged parts of a run over other prompt content (re-prepared in place) are not resumed.
+        "prompts_sha256": prompts.manifest.get("content_sha256"),
+    }
     if engine is None:
         engine = make_engine(options.backend, options)
     sampling = options.sampling()
@@ -136,36 +166,45 @@ def run_rollout(
         started = time.perf_counter()
         speed = TextColumn("{task.fields[speed]}")
         with progress(speed) as bar:
-            task = bar.add_task("rollout", total=total, speed="", visible=not quiet)
-            if done:
-                console.print(
-                    f"resuming {out}: {len(done)} prompts already done"
-                ) if not quiet else None
-            for batch in batches:
-                if all(row["id"] in done for row in batch):
-                    bar.advance(task, len(batch))
-                    continue
-                rows = [prompt_row(row) for row in batch]
-                samples = engine.generate(
-                    rows, **sampling, seed=batch_seed(options.seed, batch[0]["id"])
-                )
-                records = [
-                    {
-                        "prompt_id": row["id"],
-                        "sample": index,
-                        "response": sample.response,
-                        "response_ids": sample.response_ids,
-                        "logprobs": sample.logprobs,
-                        "finish_reason": sample.finish_reason,
-                        "policy_step": options.policy_step,
-                    }
-                    for row, row_samples in zip(rows, samples, strict=True)
-                    for index, sample in enumerate(row_samples)
-                ]
-                writer.write_part(records)
-                tokens += sum(len(r["response_ids"]) for r in records)
-                elapsed = time.perf_counter() - started
-                bar.update(
-                    task, advance=len(batch), speed=f"{tokens / max(elapsed, 1e-9):,.0f} tok/s"
-                )
+            if done and not quiet:
+                console.print(f"resuming {out}: {len(done)} prompts already done")
+            # Prompts done before start as the task's starting point, not as progress made now,
+            # so the ETA is not skewed by batches skipped in no time.
+            task = bar.add_task(
+                "rollout", total=total, completed=len(done), speed="", visible=not quiet
+            )
+            try:
+                for batch in batches:
+                    if all(row["id"] in done for row in batch):
+                        continue
+                    rows = [prompt_row(row) for row in batch]
+                    samples = engine.generate(
+                        rows, **sampling, seed=batch_seed(options.seed, batch[0]["id"])
+                    )
+                    records = [
+                        {
+                            "prompt_id": row["id"],
+                            "sample": index,
+                            "response": sample.response,
+                            "response_ids": sample.response_ids,
+                            "logprobs": sample.logprobs,
+                            "finish_reason": sample.finish_reason,
+                            "policy_step": options.policy_step,
+                        }
+                        for row, row_samples in zip(rows, samples, strict=True)
+                        for index, sample in enumerate(row_samples)
+                    ]
+                    writer.write_part(records)
+                    tokens += sum(len(r["response_ids"]) for r in records)
+                    elapsed = time.perf_counter() - started
+                    bar.update(
+                        task,
+                        advance=len(batch),
+                        speed=f"{tokens / max(elapsed, 1e-9):,.0f} tok/s",
+                    )
+            except MgpoError:
+                # Bad input (a prompt row the model cannot take, ...): a rerun needs new prompts
+                # or options, so staged parts could never be resumed; leave nothing behind.
+                writer.keep_partial = False
+                raise
     return out
