@@ -14,7 +14,7 @@ import pyarrow as pa
 from mgpo_cli.console import console, progress
 from mgpo_cli.errors import MgpoError
 from mgpo_cli.schemas import SCORES
-from mgpo_cli.shards import ShardWriter, open_shards
+from mgpo_cli.shards import ShardWriter, check_target, open_shards
 from stages.score.runner import score_items
 
 
@@ -55,12 +55,16 @@ def prompts_of(rollouts_dir: str, given: str | None) -> str:
         raise MgpoError(
             f"{rollouts_dir}: manifest does not name its prompt shards; pass --prompts DIR"
         )
+    if not Path(prompts).is_dir():  # moved, or a relative path from another working directory
+        raise MgpoError(
+            f"{rollouts_dir}: its manifest names the prompt shards {prompts}, which are not "
+            "there; pass --prompts DIR"
+        )
     return prompts
 
 
-def _items(options: ScoreOptions) -> tuple[Iterator[dict[str, Any]], int]:
+def _items(options: ScoreOptions, prompts_dir: str) -> tuple[Iterator[dict[str, Any]], int]:
     rollouts = open_shards(options.rollouts, "rollouts")
-    prompts_dir = prompts_of(options.rollouts, options.prompts)
     prompts = open_shards(prompts_dir, "prompts")
     wanted_ids = {row["prompt_id"] for row in rollouts.iter_rows(columns=["prompt_id"])}
     gold = {
@@ -92,9 +96,18 @@ def run_score(options: ScoreOptions, *, quiet: bool = False) -> ScoreSummary:
         raise MgpoError(f"--workers must be positive, got {options.workers}")
     if options.format_weight is not None and not 0.0 <= options.format_weight <= 1.0:
         raise MgpoError(f"format weight must be in [0, 1], got {options.format_weight}")
-    items, total = _items(options)
     out = options.out_dir()
+    # Refuse the output before scoring, not after minutes of work; and never write the scores
+    # over their own inputs (with --overwrite that would delete them).
+    prompts_dir = prompts_of(options.rollouts, options.prompts)
+    if any(out.resolve() == Path(path).resolve() for path in (options.rollouts, prompts_dir)):
+        raise MgpoError(f"--out {out}: is an input directory; choose another output directory")
+    check_target(out, overwrite=options.overwrite)
+    items, total = _items(options, prompts_dir)
     config = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("overwrite", "out")}
+    config["prompts"] = str(
+        Path(prompts_dir).resolve()
+    )  # the answers these scores were read against
     producer = {"command": "mgpo score", "stage": "score", "config": config}
     rows: list[dict[str, Any]] = []
     with progress() as bar:
