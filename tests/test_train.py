@@ -1,0 +1,319 @@
+"""`mgpo train`: the on-policy loop end to end on the tiny model, resume, distribution, bad input.
+
+Runs are tiny (4 prompts x 4 samples, 1-token responses) so each step takes about a second; the
+short_answer reward with some format credit makes rewards non-zero from the first step, so the
+loss and gradients are not trivially zero.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import assert_user_error, cli_env, run_cli, run_main
+from stages.train.checkpoint import load_checkpoint, save_checkpoint
+from stages.train.config import TrainConfig
+from stages.train.data_order import Position, take
+from stages.train.loop import lr_at
+
+# A small run: 4 prompts x 4 samples, 1-token responses, a checkpoint every step.
+SMALL_SETTINGS = {
+    "data.val": "null",
+    "rollout.batch_prompts": 4,
+    "rollout.n": 4,
+    "rollout.max_new_tokens": 1,
+    "optim.micro_batch": 3,
+    "optim.mini_batches": 2,
+    "trainer.save_every": 1,
+}
+# A reward that a random policy earns about a fifth of the time, so every step has signal.
+VOWEL_REWARD = """
+def vowel(response, answer, **kwargs):
+    text = response.strip().lower()
+    return {"reward": float(text[:1] in "aeiou" and text != ""), "accuracy": float(text == answer.lower())}
+"""
+
+
+def small_args(root: Path) -> list[str]:
+    settings = {**SMALL_SETTINGS, "score.reward": f"{root / 'vowel.py'}:vowel"}
+    args = ["--recipe", "tiny", "--data", str(root / "train")]
+    for key, value in settings.items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+TIMING_KEYS = {
+    "rollout_s",
+    "score_s",
+    "logprobs_s",
+    "update_s",
+    "step_time_s",
+    "trainer_tokens_per_s",
+}
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    root = tmp_path_factory.mktemp("train-data")
+    result = run_cli("prepare", "shapes", "--size", "16", "--out", root / "train", cwd=root)
+    assert result.returncode == 0, result.stderr
+    (root / "vowel.py").write_text(VOWEL_REWARD)
+    return root
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "final" / "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def test_lr_schedule_warmup_then_decay() -> None:
+    config = TrainConfig()
+    from mgpo_cli.config import build
+
+    cosine = build(
+        TrainConfig,
+        {"optim": {"lr": 1.0, "warmup_steps": 2, "schedule": "cosine"}, "trainer": {"steps": 10}},
+    )
+    assert [lr_at(s, cosine) for s in (0, 1)] == [0.5, 1.0]
+    assert lr_at(2, cosine) == pytest.approx(1.0)
+    assert lr_at(6, cosine) == pytest.approx(0.5)
+    assert lr_at(5, config) == config.optim.lr  # constant
+
+
+def test_data_order_is_resumable_and_covers_each_epoch() -> None:
+    ids = [f"p{i}" for i in range(7)]
+    position, taken = Position(), []
+    for _ in range(5):
+        batch, position = take(ids, position, 3, seed=1, shuffle=True)
+        taken.append(batch)
+    # Restarting from any saved position gives the same continuation.
+    replay, pos = [], Position()
+    for _ in range(2):
+        batch, pos = take(ids, pos, 3, seed=1, shuffle=True)
+    for _ in range(3):
+        batch, pos = take(ids, pos, 3, seed=1, shuffle=True)
+        replay.append(batch)
+    assert replay == taken[2:]
+    flat = [i for b in taken for i in b]
+    assert sorted(flat[:7]) == sorted(ids) and sorted(flat[7:14]) == sorted(ids)
+
+
+def test_checkpoint_round_trip_restores_optimizer_and_rng(tmp_path: Path) -> None:
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    random.seed(5)
+    torch.manual_seed(5)
+    path = save_checkpoint(
+        tmp_path,
+        3,
+        model.state_dict(),
+        optimizer,
+        {"position": {"epoch": 1, "offset": 2}},
+        keep_last=2,
+    )
+    expected_torch, expected_py = torch.rand(3), random.random()
+    fresh = torch.optim.AdamW(torch.nn.Linear(4, 3).parameters(), lr=0.5)
+    weights, state = load_checkpoint(path, fresh)
+    assert torch.equal(weights["weight"], model.weight.detach())
+    assert state["step"] == 3 and state["position"] == {"epoch": 1, "offset": 2}
+    for a, b in zip(
+        fresh.state_dict()["state"].values(), optimizer.state_dict()["state"].values(), strict=True
+    ):
+        assert all(torch.equal(a[k], b[k]) for k in ("exp_avg", "exp_avg_sq", "step"))
+    assert fresh.param_groups[0]["lr"] == 0.1
+    assert torch.equal(torch.rand(3), expected_torch) and random.random() == expected_py
+    assert not any(p.suffix == ".pkl" or p.suffix == ".bin" for p in path.iterdir())
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_train_run_dir_metrics_and_export(shapes_dir: Path, tiny_model_dir: Path) -> None:
+    run = shapes_dir / "run-basic"
+    result = run_cli(
+        "train",
+        *small_args(shapes_dir),
+        "--steps",
+        "2",
+        "--run-dir",
+        run,
+        cwd=shapes_dir,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = _metrics(run)
+    assert [m["step"] for m in metrics] == [1, 2]
+    for key in (
+        "reward_mean",
+        "reward_std",
+        "accuracy",
+        "response_length_mean",
+        "entropy",
+        "clip_frac_low",
+        "clip_frac_high",
+        "ratio_spread",
+        "blend_frac",
+        "zero_advantage_group_frac",
+        "grad_norm",
+        "lr",
+        "loss",
+    ):
+        assert key in metrics[0], key
+    for step in (1, 2):
+        step_dir = run / "steps" / f"step-{step:06d}"
+        assert (step_dir / "rollouts" / "manifest.json").is_file() and (
+            step_dir / "scores" / "manifest.json"
+        ).is_file()
+    assert json.loads((run / "config.json").read_text())["algo"]["name"] == "mgpo"
+    assert (run / "final" / "config.json").is_file()
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["step-000001", "step-000002"]  # keep_last 2
+    # The exported policy loads like any local model and is not the initial one.
+    start = load_file(str(tiny_model_dir / "model.safetensors"))
+    final = _weights(run)
+    assert final.keys() == start.keys()
+    assert any(not torch.equal(final[k], start[k]) for k in final)
+
+
+@pytest.mark.slow
+def test_kill_during_a_step_then_resume_matches_uninterrupted(shapes_dir: Path) -> None:
+    args = [*small_args(shapes_dir), "--steps", "4"]
+    env = {"OMP_NUM_THREADS": "1"}
+    straight = shapes_dir / "run-straight"
+    assert run_cli("train", *args, "--run-dir", straight, cwd=shapes_dir, env=env).returncode == 0
+    killed = shapes_dir / "run-killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mgpo_cli", "train", *args, "--run-dir", str(killed)],
+        cwd=shapes_dir,
+        env=cli_env(**env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Kill -9 once step 3 has started (its rollouts exist) after step 2's checkpoint.
+    deadline = time.time() + 240
+    while (
+        time.time() < deadline
+        and not (killed / "steps" / "step-000003" / "rollouts" / "manifest.json").exists()
+    ):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "final").exists(), "the run finished before it could be killed"
+    resumed = run_cli("train", *args, "--run-dir", killed, "--resume", cwd=shapes_dir, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _metrics(killed) == _metrics(straight)
+    a, b = _weights(killed), _weights(straight)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_on_the_same_global_batch(shapes_dir: Path) -> None:
+    args = [*small_args(shapes_dir), "--steps", "2"]
+    env = cli_env(OMP_NUM_THREADS="1")
+    single = shapes_dir / "run-one"
+    assert (
+        run_cli(
+            "train", *args, "--run-dir", single, cwd=shapes_dir, env={"OMP_NUM_THREADS": "1"}
+        ).returncode
+        == 0
+    )
+    double = shapes_dir / "run-two"
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "mgpo_cli",
+        "train",
+        *args,
+        "--run-dir",
+        str(double),
+    ]
+    result = subprocess.run(
+        launch, cwd=shapes_dir, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = _metrics(single), _metrics(double)
+    for a, b in zip(one, two, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+        assert a["reward_mean"] == b["reward_mean"]
+    assert one[0]["grad_norm"] > 0
+    w1, w2 = _weights(single), _weights(double)
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_default_recipe_on_cpu_names_the_cpu_recipe(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    error = assert_user_error(
+        run_main("train", "--algo", "mgpo", "--alpha", "dyn", cwd=tmp_path), "needs a GPU"
+    )
+    assert "--recipe tiny" in error
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--set", "algo.alhpa=0.5"], "did you mean 'alpha'"),
+        (["--set", "rollout.nn=2"], "unknown key 'rollout.nn'"),
+        (["--alpha", "1.5"], "algo.alpha 1.5"),
+        (["--alpha", "often"], "'dyn'"),
+        (["--beta", "-0.1"], "algo.beta"),
+        (["--algo", "ppo"], "algo.name 'ppo'"),
+        (["--data", "missing-dir"], "missing-dir"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
+    assert_user_error(run_main("train", "--recipe", "tiny", *args, cwd=tmp_path), fragment)
+
+
+def test_data_without_manifest_and_existing_run_are_refused(
+    shapes_dir: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "prompts"
+    empty.mkdir()
+    assert_user_error(
+        run_main("train", "--recipe", "tiny", "--data", empty, cwd=tmp_path), "manifest.json"
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"note": "an older run"}))
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    before = sorted(p.name for p in run.iterdir())
+    args = ["train", *small_args(shapes_dir), "--run-dir", run]
+    assert_user_error(run_main(*args, cwd=tmp_path), "--resume", "--overwrite")
+    assert_user_error(run_main(*args, "--resume", cwd=tmp_path), "different config")
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
