@@ -280,6 +280,11 @@ BAD = {
         lambda root, p: ["--prompts", p, "--backend", "sglang"],
         ["--backend sglang", "unknown backend"],
     ),
+    "no_cuda_here": (
+        lambda root, p: ["--prompts", p, "--device", "cuda:7"],
+        ["--device cuda:7", "CUDA device"],
+    ),
+    "bad_device": (lambda root, p: ["--prompts", p, "--device", "tpu"], ["--device tpu"]),
     "zero_limit": (lambda root, p: ["--prompts", p, "--limit", "0"], ["--limit must be positive"]),
     "zero_n": (lambda root, p: ["--prompts", p, "-n", "0"], ["-n must be positive"]),
 }

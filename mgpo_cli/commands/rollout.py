@@ -20,7 +20,8 @@ def rollout(
     ),
     n: int = typer.Option(5, "-n", "--n", help="Samples per prompt."),
     temperature: float = typer.Option(
-        1.0, help="Sampling temperature (0: greedy). Log-probs are of the distribution sampled."
+        1.0,
+        help="Sampling temperature (0: greedy). Log-probs: the policy's log_softmax(logits / T) over the whole vocabulary (T = 1 when greedy), as the trainer computes them, also with --top-p < 1.",
     ),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass."),
     max_new_tokens: int = typer.Option(2048, help="Longest response in tokens."),

@@ -128,6 +128,22 @@ def _check(options: RolloutOptions, out: Path) -> None:
     check_target(out, overwrite=options.overwrite)
 
 
+def _check_device(device: str) -> None:
+    """``--device`` names a device torch has here (else loading fails with a traceback)."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        where = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise MgpoError(f"--device {device}: not a device (auto, cpu, cuda, cuda:N)") from None
+    if where.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (where.index or 0) >= count:
+            raise MgpoError(f"--device {device}: this machine has {count} CUDA device(s)")
+
+
 def run_rollout(
     options: RolloutOptions, engine: Engine | None = None, *, quiet: bool = False
 ) -> Path:
@@ -138,6 +154,8 @@ def run_rollout(
     """
     out = options.out_dir()
     _check(options, out)
+    if engine is None and options.backend == "hf":
+        _check_device(options.device)
     prompts = open_shards(options.prompts, "prompts")
     batches, total = _prompt_batches(options, prompts)
     config = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("overwrite", "out")}
