@@ -228,7 +228,16 @@ def test_killed_rollout_resumes_to_the_uninterrupted_rows(root, prompts) -> None
     bar = [line for line in rerun.stderr.splitlines() if line.startswith("rollout")]
     assert bar and "8/8" in bar[-1] and "tok/s" in bar[-1], rerun.stderr
     assert not staging.exists()
-    assert keyed(rows_of(killed)) == keyed(rows_of(whole))
+    resumed, straight = keyed(rows_of(killed)), keyed(rows_of(whole))
+    assert resumed.keys() == straight.keys()
+    for key, row in resumed.items():
+        other = straight[key]
+        # Same tokens and text; log-probs may differ in the last bits between processes that
+        # run with different thread counts (the killed run was a subprocess).
+        assert {k: v for k, v in row.items() if k != "logprobs"} == {
+            k: v for k, v in other.items() if k != "logprobs"
+        }
+        assert row["logprobs"] == pytest.approx(other["logprobs"], abs=1e-5)
     assert len(rows_of(killed)) == 8 * N
 
     # Staged parts are not picked up by other settings or by other prompt content at the same
