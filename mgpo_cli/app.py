@@ -12,7 +12,7 @@ import typer
 
 from mgpo_cli import __version__
 from mgpo_cli.commands import eval as eval_command
-from mgpo_cli.commands import prepare, rollout, score, shards, train
+from mgpo_cli.commands import prepare, report, rollout, score, shards, train
 from mgpo_cli.errors import MgpoError
 
 app = typer.Typer(
@@ -45,6 +45,7 @@ def _root(
 
 app.command("eval")(eval_command.evaluate)
 app.command("prepare")(prepare.prepare)
+app.command("report")(report.report)
 app.command("rollout")(rollout.rollout)
 app.command("score")(score.score)
 app.command("shards")(shards.shards)
