@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from mgpo_cli.errors import MgpoError
-from stages.score.math_reward import math_reward
 from stages.score.short_answer import short_answer_reward
 
 RewardFn = Callable[..., Any]
@@ -41,7 +40,11 @@ def _math(
     format_weight: float = 0.1,
     **_fields: Any,
 ) -> dict[str, float | str]:
-    """The ``math`` reward called with a whole item (fields it does not use are ignored)."""
+    """The ``math`` reward called with a whole item (fields it does not use are ignored).
+
+    math-verify (and SymPy) are imported here, in the scoring workers, not in the parent."""
+    from stages.score.math_reward import math_reward
+
     return math_reward(response, answer, choices, format_weight=format_weight)
 
 
