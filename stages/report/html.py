@@ -11,7 +11,7 @@ import base64
 import json
 from html import escape
 
-from stages.report.plots import Plot
+from stages.report.plots import QUANTITIES, Plot
 from stages.report.runs import Run
 from stages.report.tables import Table
 
@@ -73,6 +73,10 @@ def html_report(
     if evaluation:
         parts += ["<h2>Evaluation (%)</h2>", html_table(evaluation)]
     parts.append("<h2>Plots</h2>")
+    plotted = {plot.name for plot in plots}
+    absent = [", ".join(q.keys) for name, q in QUANTITIES.items() if name not in plotted]
+    if absent:
+        parts.append(f"<p>Not plotted (no run logs them): {escape('; '.join(absent))}.</p>")
     parts += [figure(plot) for plot in plots]
     parts.append("<h2>Configs</h2>")
     for run in runs:
