@@ -257,6 +257,20 @@ def test_smoothing_and_the_tokens_axis(tmp_path: Path, two_runs) -> None:
         assert y == pytest.approx(sum(window) / len(window))
     val = next(p for p in report.plots if p.name == "val_accuracy").series[0]
     assert val.x[0] == 0.0 and val.x[1:] == [cumulative[2], cumulative[4], cumulative[6]]
+    # A run whose lines lack the token counts is left out of a tokens plot, and said so.
+    grpo, _ = two_runs["grpo"]
+    text = (grpo / "metrics.jsonl").read_text().replace('"samples_trained": 16.0, ', "", 1)
+    (grpo / "metrics.jsonl").write_text(text)
+    report = run_report(
+        ReportOptions(
+            runs=(str(mgpo), str(grpo)), out=str(tmp_path / "rep"), x="tokens", overwrite=True
+        )
+    )
+    assert {s.run for p in report.plots for s in p.series} == {"mgpo α=dyn β=0.5"}
+    assert report.problems == [
+        f"{grpo}: samples_trained or response_length_mean missing on a training line, "
+        "left out of the plots (--x tokens)"
+    ]
 
 
 # ----------------------------------------------------------------------------- broken runs

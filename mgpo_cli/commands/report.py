@@ -14,6 +14,7 @@ def report(
         ...,
         help="Run directories written by mgpo train (eval results inside them are found).",
         show_default=False,
+        metavar="RUN",
     ),
     out: Path = typer.Option(
         Path("report"), help="Output folder: index.html, results.md, plots/*.png."
