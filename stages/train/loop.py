@@ -322,34 +322,16 @@ class Trainer:
     def _slices(self, count: int, size: int) -> list[list[int]]:
         return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
 
-    def old_logprobs(self, rows: list[dict], responses: list[list[int]]) -> list[torch.Tensor]:
-        """Log-probs under the policy before this step's first update (no gradient)."""
+    def frozen_logprobs(
+        self, model: Any, rows: list[dict], responses: list[list[int]]
+    ) -> list[torch.Tensor]:
+        """Per-sample log-probs under ``model`` without gradient: the policy before this step's
+        first update (the old log-probs), or the reference policy for the KL term."""
         out = []
         with torch.no_grad():
             for chunk in self._slices(len(rows), self.config.optim.micro_batch):
                 result = response_logprobs(
-                    self.policy,
-                    self.io,
-                    [rows[i] for i in chunk],
-                    [responses[i] for i in chunk],
-                    temperature=self._temperature(),
-                    with_entropy=False,
-                )
-                out.extend(
-                    result.logp[k, : len(responses[i])].float().cpu() for k, i in enumerate(chunk)
-                )
-        return out
-
-    def reference_logprobs(
-        self, rows: list[dict], responses: list[list[int]]
-    ) -> list[torch.Tensor] | None:
-        if self.reference is None:
-            return None
-        out = []
-        with torch.no_grad():
-            for chunk in self._slices(len(rows), self.config.optim.micro_batch):
-                result = response_logprobs(
-                    self.reference,
+                    model,
                     self.io,
                     [rows[i] for i in chunk],
                     [responses[i] for i in chunk],
@@ -373,7 +355,7 @@ class Trainer:
         estimator = algos.ADVANTAGE_ESTIMATOR[config.algo.name]
         if estimator == "group_norm" and not config.algo.std_normalise:
             estimator = "mean_only"
-        advantages = advantages_for(config.algo.name, estimator, rewards, group_ids)
+        advantages = advantages_for(estimator, rewards, group_ids)
         params = loss_params(config)
         if config.algo.name == "gpg":
             from stages.train.advantages import gpg_correction
@@ -381,8 +363,12 @@ class Trainer:
             params["alpha_age"] = gpg_correction(rewards, group_ids).alpha_age
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        old = self.old_logprobs(sample_rows, responses)
-        ref = self.reference_logprobs(sample_rows, responses)
+        old = self.frozen_logprobs(self.policy, sample_rows, responses)
+        ref = (
+            None
+            if self.reference is None
+            else self.frozen_logprobs(self.reference, sample_rows, responses)
+        )
         timings["logprobs_s"] = time.perf_counter() - started
         mismatch = [
             float((o - torch.tensor(e)).abs().mean())
