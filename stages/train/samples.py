@@ -76,8 +76,6 @@ def read_groups(rollouts_dir: str, scores_dir: str) -> list[Group]:
     return list(groups.values())
 
 
-def advantages_for(
-    algo: str, estimator: str, rewards: torch.Tensor, group_ids: list[int]
-) -> torch.Tensor:
+def advantages_for(estimator: str, rewards: torch.Tensor, group_ids: list[int]) -> torch.Tensor:
     """Per-sample advantages with the algorithm's estimator (float32, ``[N]``)."""
     return adv.ESTIMATORS[estimator](rewards, group_ids).to(torch.float32)
