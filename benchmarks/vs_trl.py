@@ -337,8 +337,14 @@ def trl_worker(config_path: str) -> None:
         phases["other_s"] = prepare - sum(phases.values())
         phases["update_s"] = step_time - prepare
         rounds.append({"step": r + 1, "step_time_s": step_time, **phases})
+    lengths = [
+        log["completions/mean_length"]
+        for log in trainer.state.log_history
+        if "completions/mean_length" in log
+    ]
     result = {
         "rounds": rounds,
+        "mean_length": statistics.median(lengths[1:] or lengths) if lengths else float("nan"),
         "wall_s": wall,
         "trl": trl.__version__,
         "transformers": transformers.__version__,
@@ -410,6 +416,8 @@ def main() -> None:
     ours_rows: list[dict] = []
     trl_rows: list[dict] = []
     walls: dict[str, list[float]] = {"ours": [], "trl": []}
+    lengths: dict[str, list[float]] = {"ours": [], "trl": []}
+    pair_ratios: list[float] = []  # each repeat's median ours / the next TRL run's median
     versions: dict = {}
     with tempfile.TemporaryDirectory(prefix="mgpo-vs-trl-") as tmp:
         folder = Path(tmp)
@@ -421,6 +429,7 @@ def main() -> None:
                 {**r, "other_s": r["step_time_s"] - sum(r[p] for p in PHASES[:4])} for r in rows[1:]
             ]
             walls["ours"].append(wall)
+            lengths["ours"] += [r["response_length_mean"] for r in rows[1:]]
             print(
                 f"ours  run {k + 1}: {b['step_time_s']:.3f} s/step (median), command {wall:.1f} s",
                 flush=True,
@@ -428,8 +437,10 @@ def main() -> None:
             result, wall = run_trl(python, data, model, folder, args.steps, s)
             trl_rows += result["rounds"][1:]
             walls["trl"].append(wall)
+            lengths["trl"].append(result["mean_length"])
             versions = {k: result[k] for k in ("trl", "transformers", "torch")}
             t = statistics.median(r["step_time_s"] for r in result["rounds"][1:])
+            pair_ratios.append(b["step_time_s"] / t)
             print(f"TRL   run {k + 1}: {t:.3f} s/step (median), command {wall:.1f} s", flush=True)
     ours, theirs = medians(ours_rows), medians(trl_rows)
     print(
@@ -437,7 +448,12 @@ def main() -> None:
         f"{args.mini_batches} optimizer steps per step, tiny Qwen2.5-VL, CPU, 1 thread; "
         f"TRL {versions['trl']}, transformers {versions['transformers']}, torch {versions['torch']}"
     )
-    print(f"median over {len(ours_rows)} (ours) / {len(trl_rows)} (TRL) steps after warm-up\n")
+    print(f"median over {len(ours_rows)} (ours) / {len(trl_rows)} (TRL) steps after warm-up")
+    print(
+        "ours: rollout = prompt encoding + generate + rollout shards, other = step - 4 phases;\n"
+        "TRL: rollout = generate() only, other = prompt/image encoding, padding, advantages;\n"
+        "update = the optimizer steps (TRL: step time - its _prepare_inputs)\n"
+    )
     print(f"  {'phase':<10} {'ours s':>8} {'TRL s':>8} {'ours/TRL':>9}")
     for key in (*PHASES, "step_time_s"):
         ratio = ours[key] / theirs[key] if theirs[key] > 1e-9 else float("nan")
@@ -445,6 +461,15 @@ def main() -> None:
     print(
         f"\n  seconds per step, ours / TRL: {ours['step_time_s'] / theirs['step_time_s']:.2f} "
         f"(goal: below 1)"
+    )
+    print(
+        "  per repeat (ours run k / TRL run k): "
+        + ", ".join(f"{r:.2f}" for r in pair_ratios)
+        + f"; median {statistics.median(pair_ratios):.2f}"
+    )
+    print(
+        f"  mean response tokens (median over steps): ours {statistics.median(lengths['ours']):.2f},"
+        f" TRL {statistics.median(lengths['trl']):.2f}"
     )
     print(
         f"  whole command incl. start-up, median: ours {statistics.median(walls['ours']):.1f} s, "
