@@ -342,6 +342,18 @@ def test_sampled_mode_reports_the_renormalised_distribution(vllm_env, tiny_vllm_
             assert float((got - policy).min()) > 0  # renormalised: higher than the policy's
 
 
+def test_builtin_tiny_head_size_is_refused_on_cpu(vllm_env, tiny_model_dir):
+    """The built-in tiny has 16-wide heads, which vLLM's CPU attention lacks: one clear line."""
+    from vllm.platforms import current_platform
+
+    from stages.rollout.engine_vllm import VLLMEngine
+
+    if not current_platform.is_cpu():
+        pytest.skip("vLLM runs on a GPU here")
+    with pytest.raises(MgpoError, match=r"head size 16 is not supported by vLLM on CPU"):
+        VLLMEngine.create(str(tiny_model_dir), dtype="float32")
+
+
 def test_missing_vllm_is_one_clear_error(monkeypatch):
     """Runs everywhere: without vLLM, ``--backend vllm`` says how to install it."""
     from stages.rollout.backends import make_engine

@@ -115,6 +115,20 @@ def _on_cpu() -> bool:
     return bool(current_platform.is_cpu())
 
 
+def _check_cpu_head_size(config: Any, name: str) -> None:
+    """vLLM's CPU attention has a fixed set of head sizes; say so before its engine dies."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    text = config.get_text_config()
+    head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    sizes = CPUAttentionBackend.get_supported_head_sizes()
+    if head not in sizes:
+        raise MgpoError(
+            f"model {name}: attention head size {head} is not supported by vLLM on CPU"
+            f" ({', '.join(map(str, sizes))}); use --backend hf"
+        )
+
+
 class VLLMEngine:
     """Rollouts with a live ``vllm.LLM``; keep one across training steps.
 
@@ -176,6 +190,7 @@ class VLLMEngine:
         io, config = load_policy_io(model, trust_remote_code=trust_remote_code)
         vision = {"limit_mm_per_prompt": {"image": max_images, "video": 0}}
         if _on_cpu():
+            _check_cpu_head_size(config, model)
             # vLLM on CPU cannot rewind a seeded request's generator after a partial (chunked)
             # prefill ("CPU Generator does not use offset"): prefill prompts whole.
             llm_kwargs.setdefault("enable_chunked_prefill", False)
@@ -200,7 +215,11 @@ class VLLMEngine:
 
     @classmethod
     def load(cls, options: Any) -> VLLMEngine:
-        """An engine for ``RolloutOptions`` (model, dtype, max_model_len, GPU settings, seed)."""
+        """An engine for ``RolloutOptions``: model, dtype, max_model_len, GPU settings, seed.
+
+        ``device`` and ``micro_batch`` do not apply: vLLM runs on the platform it was built for
+        and schedules its own batches.
+        """
         return cls.create(
             options.model,
             dtype=options.dtype,
