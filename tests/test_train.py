@@ -317,3 +317,66 @@ def test_data_without_manifest_and_existing_run_are_refused(
     assert_user_error(run_main(*args, "--resume", cwd=tmp_path), "different config")
     assert sorted(p.name for p in run.iterdir()) == before
     assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+@pytest.mark.slow
+def test_frozen_vision_tower_and_gradient_checkpointing(
+    shapes_dir: Path, tiny_model_dir: Path
+) -> None:
+    run = shapes_dir / "run-frozen"
+    args = [*small_args(shapes_dir), "--steps", "1", "--set", "model.freeze_vision=true"]
+    args += ["--set", "model.gradient_checkpointing=true", "--run-dir", str(run)]
+    result = run_cli("train", *args, cwd=shapes_dir, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    start, final = load_file(str(tiny_model_dir / "model.safetensors")), _weights(run)
+    vision = [k for k in final if ".visual." in f".{k}"]
+    assert vision and all(torch.equal(final[k], start[k]) for k in vision)
+    assert any(not torch.equal(final[k], start[k]) for k in final if k not in vision)
+
+
+@pytest.mark.slow
+def test_dapo_keeps_only_groups_with_signal_and_gpg_resampling_is_bounded(shapes_dir: Path) -> None:
+    env = {"OMP_NUM_THREADS": "1"}
+    dapo = shapes_dir / "run-dapo"
+    args = [*small_args(shapes_dir), "--steps", "1", "--algo", "dapo", "--run-dir", str(dapo)]
+    assert run_cli("train", *args, cwd=shapes_dir, env=env).returncode == 0
+    (metrics,) = _metrics(dapo)
+    rounds = int(metrics["rollout_rounds"])
+    assert 1 <= rounds <= 4  # 1 + rollout.max_resample_rounds (3)
+    assert (
+        metrics["groups_trained"] <= 4
+        and metrics["samples_trained"] == 4 * metrics["groups_trained"]
+    )
+    groups = _kept_groups(dapo / "steps" / "step-000001", rounds)
+    assert metrics["groups_trained"] == min(4, sum(not g for g in groups))
+    # GPG with threshold 1.0 wants every group informative: it samples extra rounds, at most 3.
+    gpg = shapes_dir / "run-gpg"
+    args = [
+        *small_args(shapes_dir),
+        "--steps",
+        "1",
+        "--algo",
+        "gpg",
+        "--set",
+        "algo.gpg_threshold=1.0",
+    ]
+    assert run_cli("train", *args, "--run-dir", gpg, cwd=shapes_dir, env=env).returncode == 0
+    (metrics,) = _metrics(gpg)
+    rounds = int(metrics["rollout_rounds"])
+    groups = _kept_groups(gpg / "steps" / "step-000001", rounds)
+    assert rounds == 4 or all(not g for g in groups[-4:])
+    assert metrics["groups_trained"] == (sum(not g for g in groups) or len(groups))
+
+
+def _kept_groups(step_dir: Path, rounds: int) -> list[bool]:
+    """Per rolled-out group, in order: True when all its rewards are equal (no signal)."""
+    from stages.train.samples import read_groups
+
+    degenerate = []
+    for r in range(rounds):
+        prefix = "" if r == 0 else f"round{r}-"
+        for group in read_groups(
+            str(step_dir / f"{prefix}rollouts"), str(step_dir / f"{prefix}scores")
+        ):
+            degenerate.append(group.degenerate)
+    return degenerate
