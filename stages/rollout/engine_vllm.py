@@ -189,6 +189,7 @@ class VLLMEngine:
 
         io, config = load_policy_io(model, trust_remote_code=trust_remote_code)
         vision = {"limit_mm_per_prompt": {"image": max_images, "video": 0}}
+        eager = _on_cpu() if enforce_eager is None else enforce_eager  # CPU compiles for minutes
         if _on_cpu():
             _check_cpu_head_size(config, model)
             # vLLM on CPU cannot rewind a seeded request's generator after a partial (chunked)
@@ -201,9 +202,7 @@ class VLLMEngine:
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size,
-            enforce_eager=_on_cpu()
-            if enforce_eager is None
-            else enforce_eager,  # compiling: minutes
+            enforce_eager=eager,
             trust_remote_code=trust_remote_code,
             logprobs_mode=VLLM_LOGPROBS_MODE[logprobs],
             generation_config="vllm",  # a checkpoint's top_k / repetition penalty stay out
