@@ -12,7 +12,7 @@ import typer
 
 from mgpo_cli import __version__
 from mgpo_cli.commands import eval as eval_command
-from mgpo_cli.commands import prepare, report, rollout, score, shards, train
+from mgpo_cli.commands import models, prepare, report, rollout, score, shards, train
 from mgpo_cli.errors import MgpoError
 
 app = typer.Typer(
@@ -50,6 +50,7 @@ app.command("rollout")(rollout.rollout)
 app.command("score")(score.score)
 app.command("shards")(shards.shards)
 app.command("train")(train.train)
+app.add_typer(models.app, name="models")
 
 
 def main() -> None:
