@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.prepare import geometry3k, shapes
+from stages.prepare import arithmetic, geometry3k, shapes
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,23 @@ def _shapes(options: PrepareOptions) -> Iterator[dict[str, Any]]:
     )
 
 
+def _arithmetic(options: PrepareOptions) -> Iterator[dict[str, Any]]:
+    size = options.size if options.size is not None else arithmetic.DEFAULT_SIZES[options.split]
+    return arithmetic.generate(
+        options.split, size=size, difficulty=options.difficulty, seed=options.seed
+    )
+
+
 DATASETS: dict[str, DatasetSpec] = {
+    "arithmetic": DatasetSpec(
+        description="built-in, offline, text only: multi-step integer arithmetic (exact answers)",
+        origin="generated locally from --seed (--difficulty easy|medium|hard, --size)",
+        splits=arithmetic.SPLITS,
+        template="final_number",
+        min_pixels=0,
+        max_pixels=1 << 40,
+        problems=_arithmetic,
+    ),
     "geometry3k": DatasetSpec(
         description="Geometry3K diagrams with free-form answers (the paper's training set)",
         origin=f"hub {geometry3k.HUB_ID}, or --source: parquet/json/jsonl files or an Inter-GPS folder",
