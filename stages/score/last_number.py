@@ -18,6 +18,7 @@ from typing import Any
 from stages.score.extract import last_boxed
 
 NUMBER = re.compile(r"(?:(?<![\w)])[-+])?\d+(?:\.\d+)?")
+_BOXED_ONLY = re.compile(r"\\boxed\s*\{\s*([^{}]*?)\s*\}")
 
 
 def last_number(text: str) -> str:
@@ -35,11 +36,10 @@ def same_number(a: str, b: str) -> bool:
 
 
 def is_bare_number(response: str) -> bool:
+    """The response is one number (or one boxed number) and nothing else."""
     text = response.strip().removesuffix(".").strip()
-    boxed = last_boxed(text)
-    if boxed is not None and text.startswith("\\boxed"):
-        text = boxed.strip()
-    return bool(NUMBER.fullmatch(text))
+    boxed = _BOXED_ONLY.fullmatch(text)
+    return bool(NUMBER.fullmatch(boxed.group(1) if boxed else text))
 
 
 def last_number_reward(
