@@ -50,7 +50,7 @@ def prepare(
         help="Number of generated items (shapes).  [default: 512 train, 64 validation, 128 test]",
     ),
     difficulty: str = typer.Option(
-        "easy", help="Generated task difficulty (shapes): easy, medium or hard."
+        "easy", help="Generated task difficulty (shapes): colour, easy, medium or hard."
     ),
     image_size: int = typer.Option(56, help="Side in pixels of generated images (shapes)."),
     overwrite: bool = typer.Option(

@@ -30,7 +30,7 @@ from stages.eval.benchmark import (
 from stages.score.short_answer import short_answer_reward
 
 SPLITS = {"train": 512, "validation": 64, "test": 128}  # the generator's default sizes
-DIFFICULTIES = ("easy", "medium", "hard")
+DIFFICULTIES = ("easy", "colour", "medium", "hard")  # the first is the default
 TEMPLATE = "short_answer"  # what mgpo prepare shapes uses, so prompts match training
 
 

@@ -82,7 +82,7 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "shapes": DatasetSpec(
         description="built-in, offline: colours, kinds, counts and areas of drawn shapes (short answers)",
-        origin="generated locally from --seed (--difficulty easy|medium|hard, --size, --image-size)",
+        origin="generated locally from --seed (--difficulty colour|easy|medium|hard, --size, --image-size)",
         splits=shapes.SPLITS,
         template="short_answer",
         min_pixels=0,

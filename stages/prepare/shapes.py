@@ -5,7 +5,8 @@ the visual signal is strong (a colour, a silhouette, a count), and every item is
 random generator, so the same ``--seed`` always gives the same data. Splits use different streams,
 so held-out items are new drawings.
 
-Difficulty levels add question kinds:
+Difficulty levels add question kinds (``colour`` is the colour question alone: the quickest to
+learn, used by the learning test):
 - easy: the colour of one shape (4 colours), or its kind (circle / square / triangle);
 - medium: 6 colours, and counting 1-4 shapes;
 - hard: counting up to 9 among distractors of another colour, and the area of a rectangle drawn on
@@ -23,7 +24,7 @@ from PIL import Image, ImageDraw
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_SIZES = {"train": 512, "validation": 64, "test": 128}
-DIFFICULTIES = ("easy", "medium", "hard")
+DIFFICULTIES = ("colour", "easy", "medium", "hard")
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -128,17 +129,24 @@ def area_question(rng: random.Random, size: int, colours: list[str]) -> Item:
     )
 
 
-def _tasks(
-    difficulty: str,
-) -> tuple[list[str], list[Callable[[random.Random, int, list[str]], Item]]]:
-    easy = [colour_question, kind_question]
-    if difficulty == "easy":
-        return list(COLOURS)[:4], easy
-    medium = [*easy, lambda rng, size, colours: _count(rng, size, colours, 4, False)]
-    if difficulty == "medium":
-        return list(COLOURS), medium
-    hard = [*medium, lambda rng, size, colours: _count(rng, size, colours, 9, True), area_question]
-    return list(COLOURS), hard
+def _count_up_to_4(rng: random.Random, size: int, colours: list[str]) -> Item:
+    return _count(rng, size, colours, 4, False)
+
+
+def _count_among_distractors(rng: random.Random, size: int, colours: list[str]) -> Item:
+    return _count(rng, size, colours, 9, True)
+
+
+# difficulty -> (colours used, question kinds drawn from)
+LEVELS: dict[str, tuple[list[str], list[Callable[[random.Random, int, list[str]], Item]]]] = {
+    "colour": (list(COLOURS)[:4], [colour_question]),
+    "easy": (list(COLOURS)[:4], [colour_question, kind_question]),
+    "medium": (list(COLOURS), [colour_question, kind_question, _count_up_to_4]),
+    "hard": (
+        list(COLOURS),
+        [colour_question, kind_question, _count_up_to_4, _count_among_distractors, area_question],
+    ),
+}
 
 
 def generate(
@@ -146,7 +154,7 @@ def generate(
 ) -> Iterator[dict[str, Any]]:
     """Rows of the prompt contract (before templating): problem, answer, images, choices, meta."""
     rng = random.Random(f"mgpo-shapes/{seed}/{split}")
-    colours, tasks = _tasks(difficulty)
+    colours, tasks = LEVELS[difficulty]
     for index in range(size):
         item = rng.choice(tasks)(rng, image_size, colours)
         yield {
