@@ -193,6 +193,44 @@ def _kl_term(
     return _k3_kl(lp, ref_logp, mf), kl_coef != 0.0
 
 
+def _clipped_objective(
+    ratio: Tensor,
+    clipped_ratio: Tensor,
+    adv: Tensor,
+    lp: Tensor,
+    ref_logp: Tensor | None,
+    kl_coef: float,
+    mf: Tensor,
+    aggregate: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """The clipped surrogate every clipped algorithm shares, aggregated by ``aggregate`` (each
+    algorithm passes its own, explicitly): returns loss, pg_loss, unclipped, clipped, k3 KL."""
+    unclipped = ratio * adv
+    clipped = clipped_ratio * adv
+    pg_loss = -aggregate(torch.minimum(unclipped, clipped))
+    kl_tok, use_kl = _kl_term(lp, ref_logp, kl_coef, mf)
+    loss = pg_loss + kl_coef * aggregate(kl_tok) if use_kl else pg_loss
+    return loss, pg_loss, unclipped, clipped, kl_tok
+
+
+def _clipped_metrics(
+    loss: Tensor,
+    pg_loss: Tensor,
+    ratio: Tensor,
+    unclipped: Tensor,
+    clipped: Tensor,
+    adv: Tensor,
+    mf: Tensor,
+    n_tok: Tensor,
+    entropy: Tensor | None,
+    kl_tok: Tensor | None,
+) -> dict[str, Tensor | float]:
+    with torch.no_grad():
+        m = _common_metrics(loss, pg_loss, mf, n_tok, entropy, kl_tok)
+        m.update(_ratio_metrics(ratio, unclipped, clipped, adv, mf, n_tok))
+    return m
+
+
 # ----------------------------------------------------------------------------- MGPO ranking
 
 
@@ -289,20 +327,16 @@ def grpo_loss(
     lp, old, adv, mf, lengths = _prepare(logp, old_logp, advantages, mask)
     n_seqs = float(max(lp.shape[0], 1)) if num_seqs is None else float(num_seqs)
     w = _token_log_ratio(lp, old, mf).exp()
-    unclipped = w * adv
-    clipped = _clip(w, eps_low, eps_high) * adv
-    obj = torch.minimum(unclipped, clipped)
-    pg_loss = -_seq_token_mean(obj, mf, lengths).sum() / n_seqs
-    kl_tok, use_kl = _kl_term(lp, ref_logp, kl_coef, mf)
-    loss = (
-        pg_loss + kl_coef * _seq_token_mean(kl_tok, mf, lengths).sum() / n_seqs
-        if use_kl
-        else pg_loss
+
+    def seq_mean(x: Tensor) -> Tensor:
+        return _seq_token_mean(x, mf, lengths).sum() / n_seqs
+
+    loss, pg_loss, unclipped, clipped, kl_tok = _clipped_objective(
+        w, _clip(w, eps_low, eps_high), adv, lp, ref_logp, kl_coef, mf, seq_mean
     )
-    n_tok = lengths.sum()
-    with torch.no_grad():
-        m = _common_metrics(loss, pg_loss, mf, n_tok, entropy, kl_tok)
-        m.update(_ratio_metrics(w, unclipped, clipped, adv, mf, n_tok))
+    m = _clipped_metrics(
+        loss, pg_loss, w, unclipped, clipped, adv, mf, lengths.sum(), entropy, kl_tok
+    )
     return _finish(loss, m)
 
 
@@ -324,20 +358,16 @@ def gspo_loss(
     lp, old, adv, mf, lengths = _prepare(logp, old_logp, advantages, mask)
     n_seqs = float(max(lp.shape[0], 1)) if num_seqs is None else float(num_seqs)
     s = _seq_log_ratio(_token_log_ratio(lp, old, mf), lengths).exp()[:, None]  # [N, 1]
-    unclipped = s * adv
-    clipped = _clip(s, eps_low, eps_high) * adv
-    obj = torch.minimum(unclipped, clipped)
-    pg_loss = -_seq_token_mean(obj, mf, lengths).sum() / n_seqs
-    kl_tok, use_kl = _kl_term(lp, ref_logp, kl_coef, mf)
-    loss = (
-        pg_loss + kl_coef * _seq_token_mean(kl_tok, mf, lengths).sum() / n_seqs
-        if use_kl
-        else pg_loss
+
+    def seq_mean(x: Tensor) -> Tensor:
+        return _seq_token_mean(x, mf, lengths).sum() / n_seqs
+
+    loss, pg_loss, unclipped, clipped, kl_tok = _clipped_objective(
+        s, _clip(s, eps_low, eps_high), adv, lp, ref_logp, kl_coef, mf, seq_mean
     )
-    n_tok = lengths.sum()
-    with torch.no_grad():
-        m = _common_metrics(loss, pg_loss, mf, n_tok, entropy, kl_tok)
-        m.update(_ratio_metrics(s, unclipped, clipped, adv, mf, n_tok))
+    m = _clipped_metrics(
+        loss, pg_loss, s, unclipped, clipped, adv, mf, lengths.sum(), entropy, kl_tok
+    )
     return _finish(loss, m)
 
 
@@ -372,20 +402,16 @@ def mgpo_loss(
     ratio = s + a * (w - s)
     mclip = _clip(s, eps_low, eps_high)
     mclip = mclip + a * (_clip(w, eps_low, eps_high) - mclip)
-    unclipped = ratio * adv
-    clipped = mclip * adv
-    obj = torch.minimum(unclipped, clipped)
-    pg_loss = -_seq_token_mean(obj, mf, lengths).sum() / n_seqs
-    kl_tok, use_kl = _kl_term(lp, ref_logp, kl_coef, mf)
-    loss = (
-        pg_loss + kl_coef * _seq_token_mean(kl_tok, mf, lengths).sum() / n_seqs
-        if use_kl
-        else pg_loss
+
+    def seq_mean(x: Tensor) -> Tensor:
+        return _seq_token_mean(x, mf, lengths).sum() / n_seqs
+
+    loss, pg_loss, unclipped, clipped, kl_tok = _clipped_objective(
+        ratio, mclip, adv, lp, ref_logp, kl_coef, mf, seq_mean
     )
     n_tok = lengths.sum()
+    m = _clipped_metrics(loss, pg_loss, ratio, unclipped, clipped, adv, mf, n_tok, entropy, kl_tok)
     with torch.no_grad():
-        m = _common_metrics(loss, pg_loss, mf, n_tok, entropy, kl_tok)
-        m.update(_ratio_metrics(ratio, unclipped, clipped, adv, mf, n_tok))
         m["blend_frac"] = (a > 0).to(mf.dtype).sum() / n_tok.clamp(min=1)
         m["alpha_mean"] = a.sum() / n_tok.clamp(min=1)
     return _finish(loss, m)
@@ -411,15 +437,14 @@ def dapo_loss(
     n_tok = lengths.sum()
     denom = n_tok.clamp(min=1) if num_tokens is None else float(num_tokens)
     w = _token_log_ratio(lp, old, mf).exp()
-    unclipped = w * adv
-    clipped = _clip(w, eps_low, eps_high) * adv
-    obj = torch.minimum(unclipped, clipped)
-    pg_loss = -_token_sum(obj, mf) / denom
-    kl_tok, use_kl = _kl_term(lp, ref_logp, kl_coef, mf)
-    loss = pg_loss + kl_coef * _token_sum(kl_tok, mf) / denom if use_kl else pg_loss
-    with torch.no_grad():
-        m = _common_metrics(loss, pg_loss, mf, n_tok, entropy, kl_tok)
-        m.update(_ratio_metrics(w, unclipped, clipped, adv, mf, n_tok))
+
+    def token_mean(x: Tensor) -> Tensor:
+        return _token_sum(x, mf) / denom
+
+    loss, pg_loss, unclipped, clipped, kl_tok = _clipped_objective(
+        w, _clip(w, eps_low, eps_high), adv, lp, ref_logp, kl_coef, mf, token_mean
+    )
+    m = _clipped_metrics(loss, pg_loss, w, unclipped, clipped, adv, mf, n_tok, entropy, kl_tok)
     return _finish(loss, m)
 
 
@@ -444,16 +469,16 @@ def dr_grpo_loss(
     length = float(lp.shape[1]) if max_len is None else float(max_len)
     denom = max(n_seqs * length, 1.0)
     w = _token_log_ratio(lp, old, mf).exp()
-    unclipped = w * adv
-    clipped = _clip(w, eps_low, eps_high) * adv
-    obj = torch.minimum(unclipped, clipped)
-    pg_loss = -_token_sum(obj, mf) / denom
-    kl_tok, use_kl = _kl_term(lp, ref_logp, kl_coef, mf)
-    loss = pg_loss + kl_coef * _token_sum(kl_tok, mf) / denom if use_kl else pg_loss
-    n_tok = lengths.sum()
-    with torch.no_grad():
-        m = _common_metrics(loss, pg_loss, mf, n_tok, entropy, kl_tok)
-        m.update(_ratio_metrics(w, unclipped, clipped, adv, mf, n_tok))
+
+    def constant_mean(x: Tensor) -> Tensor:
+        return _token_sum(x, mf) / denom
+
+    loss, pg_loss, unclipped, clipped, kl_tok = _clipped_objective(
+        w, _clip(w, eps_low, eps_high), adv, lp, ref_logp, kl_coef, mf, constant_mean
+    )
+    m = _clipped_metrics(
+        loss, pg_loss, w, unclipped, clipped, adv, mf, lengths.sum(), entropy, kl_tok
+    )
     return _finish(loss, m)
 
 
