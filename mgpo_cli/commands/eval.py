@@ -40,7 +40,7 @@ def evaluate(
         "policy), checkpoint folder, or 'tiny'.",
     ),
     backend: str = typer.Option("hf", help="Engine: hf (transformers, any device) or vllm (GPU)."),
-    split: str = typer.Option(None, help="Benchmark split.  [default: the benchmark's own]"),
+    split: str = typer.Option(None, help="Benchmark split.  \\[default: the benchmark's own]"),
     subset: str = typer.Option(
         None, help="Benchmark subset, e.g. mathverse vision_only, shapes medium."
     ),
@@ -58,7 +58,7 @@ def evaluate(
         "(e.g. http://127.0.0.1:8000).",
     ),
     judge_model: str = typer.Option(
-        None, help="Model name on the judge server.  [default: the first it lists]"
+        None, help="Model name on the judge server.  \\[default: the first it lists]"
     ),
     workers: int = typer.Option(4, help="Scoring processes."),
     timeout: float = typer.Option(10.0, help="Seconds one item may take to score (then: wrong)."),
@@ -67,10 +67,10 @@ def evaluate(
     temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy)."),
     n: int = typer.Option(1, "-n", "--n", help="Responses per item (needs --temperature > 0)."),
     min_pixels: int = typer.Option(
-        None, help="Upscale smaller images.  [default: 262144; shapes: none]"
+        None, help="Upscale smaller images.  \\[default: 262144; shapes: none]"
     ),
     max_pixels: int = typer.Option(
-        None, help="Downscale larger images.  [default: 4194304; shapes: none]"
+        None, help="Downscale larger images.  \\[default: 4194304; shapes: none]"
     ),
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
     device: str = typer.Option("auto", help="Device for the hf backend: auto, cpu, cuda."),

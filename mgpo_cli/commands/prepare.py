@@ -30,24 +30,24 @@ def prepare(
         help="Local copy instead of the hub: parquet/json/jsonl file or folder (Geometry3K: also an Inter-GPS folder).",
     ),
     split: str = typer.Option("train", help="Split to prepare: train, validation or test."),
-    out: Path = typer.Option(None, help="Output shard directory.  [default: data/NAME/SPLIT]"),
+    out: Path = typer.Option(None, help="Output shard directory.  \\[default: data/NAME/SPLIT]"),
     template: str = typer.Option(
         None,
-        help="Prompt template: a built-in name (math_think_boxed, short_answer) or a Jinja file seeing {{ problem }} and {{ choices }}.  [default: the dataset's]",
+        help="Prompt template: a built-in name (math_think_boxed, short_answer) or a Jinja file seeing {{ problem }} and {{ choices }}.  \\[default: the dataset's]",
     ),
     min_pixels: int = typer.Option(
         None,
-        help="Upscale smaller images to at least this many pixels.  [default: 262144 for geometry3k, none for shapes]",
+        help="Upscale smaller images to at least this many pixels.  \\[default: 262144 for geometry3k, none for shapes]",
     ),
     max_pixels: int = typer.Option(
         None,
-        help="Downscale larger images to at most this many pixels.  [default: 4194304 for geometry3k]",
+        help="Downscale larger images to at most this many pixels.  \\[default: 4194304 for geometry3k]",
     ),
     limit: int = typer.Option(None, help="Keep only the first K problems."),
     seed: int = typer.Option(0, help="Seed of generated datasets (shapes)."),
     size: int = typer.Option(
         None,
-        help="Number of generated items (shapes).  [default: 512 train, 64 validation, 128 test]",
+        help="Number of generated items (shapes).  \\[default: 512 train, 64 validation, 128 test]",
     ),
     difficulty: str = typer.Option(
         "easy", help="Generated task difficulty (shapes): colour, easy, medium or hard."

@@ -40,7 +40,7 @@ def rollout(
     ),
     tensor_parallel_size: int = typer.Option(1, help="vllm: GPUs per engine."),
     out: Path = typer.Option(
-        None, help="Output shard directory.  [default: PROMPTS-rollouts beside PROMPTS]"
+        None, help="Output shard directory.  \\[default: PROMPTS-rollouts beside PROMPTS]"
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a complete rollout set at --out."

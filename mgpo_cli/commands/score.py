@@ -13,7 +13,7 @@ def score(
     rollouts: Path = typer.Option(..., help="Rollout shard directory (from mgpo rollout)."),
     prompts: Path = typer.Option(
         None,
-        help="Prompt shards with the answers.  [default: the ones the rollouts were made from]",
+        help="Prompt shards with the answers.  \\[default: the ones the rollouts were made from]",
     ),
     reward: str = typer.Option(
         "math",
@@ -25,10 +25,10 @@ def score(
     ),
     format_weight: float = typer.Option(
         None,
-        help="Weight of the format component: reward = (1 - w) accuracy + w format.  [default: the reward's, 0.1]",
+        help="Weight of the format component: reward = (1 - w) accuracy + w format.  \\[default: the reward's, 0.1]",
     ),
     out: Path = typer.Option(
-        None, help="Output shard directory.  [default: NAME-scores beside the rollouts]"
+        None, help="Output shard directory.  \\[default: NAME-scores beside the rollouts]"
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a complete score set at --out."

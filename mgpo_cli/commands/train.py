@@ -28,27 +28,27 @@ def train(
         help="Built-in recipe name (tiny, qwen2_5_vl_3b, qwen2_5_vl_7b) or a YAML file.",
     ),
     algo: str = typer.Option(
-        None, help="Algorithm: grpo, gspo, mgpo, dapo, dr_grpo or gpg.  [recipe: algo.name]"
+        None, help="Algorithm: grpo, gspo, mgpo, dapo, dr_grpo or gpg.  \\[recipe: algo.name]"
     ),
     alpha: str = typer.Option(
         None,
-        help="MGPO token-ratio weight on selected tokens: a number in [0, 1] or 'dyn'.  [recipe: algo.alpha]",
+        help="MGPO token-ratio weight on selected tokens: a number in [0, 1] or 'dyn'.  \\[recipe: algo.alpha]",
     ),
     beta: float = typer.Option(
         None,
-        help="MGPO: fraction of the most uncertain tokens that are blended.  [recipe: algo.beta]",
+        help="MGPO: fraction of the most uncertain tokens that are blended.  \\[recipe: algo.beta]",
     ),
     model: str = typer.Option(
-        None, help="Policy: hub id, local folder, or 'tiny'.  [recipe: model.name]"
+        None, help="Policy: hub id, local folder, or 'tiny'.  \\[recipe: model.name]"
     ),
-    data: Path = typer.Option(None, help="Training prompt shards.  [recipe: data.train]"),
+    data: Path = typer.Option(None, help="Training prompt shards.  \\[recipe: data.train]"),
     val_data: Path = typer.Option(
-        None, "--val-data", help="Held-out prompt shards for validation.  [recipe: data.val]"
+        None, "--val-data", help="Held-out prompt shards for validation.  \\[recipe: data.val]"
     ),
-    run_dir: Path = typer.Option(None, help="Run directory.  [recipe: run_dir]"),
-    steps: int = typer.Option(None, help="Training steps.  [recipe: trainer.steps]"),
+    run_dir: Path = typer.Option(None, help="Run directory.  \\[recipe: run_dir]"),
+    steps: int = typer.Option(None, help="Training steps.  \\[recipe: trainer.steps]"),
     seed: int = typer.Option(
-        None, help="Seed for data order, sampling and updates.  [recipe: trainer.seed]"
+        None, help="Seed for data order, sampling and updates.  \\[recipe: trainer.seed]"
     ),
     set_: list[str] = typer.Option(
         [],
