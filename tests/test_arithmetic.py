@@ -86,6 +86,13 @@ def test_a_size_beyond_the_expression_space_is_one_clear_error() -> None:
         items("test", "easy", 400)
 
 
+def test_a_difficulty_of_another_task_is_one_clear_error(tmp_path: Path) -> None:
+    from helpers import assert_user_error, run_main
+
+    result = run_main("prepare", "arithmetic", "--difficulty", "colour", "--out", tmp_path / "x")
+    assert_user_error(result, "--difficulty colour: arithmetic has easy, medium, hard")
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_rendering_keeps_the_value_of_any_tree(data) -> None:

@@ -113,6 +113,8 @@ def split_of(expression: str) -> str:
 
 def generate(split: str, *, size: int, difficulty: str, seed: int) -> Iterator[dict[str, Any]]:
     """Problems of the prepare contract (before templating): text, exact answer, no images."""
+    if difficulty not in GENERATORS:
+        raise MgpoError(f"--difficulty {difficulty}: arithmetic has {', '.join(GENERATORS)}")
     rng = random.Random(f"mgpo-arithmetic/{seed}/{split}")
     make = GENERATORS[difficulty]
     seen: set[str] = set()
