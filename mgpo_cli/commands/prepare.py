@@ -33,7 +33,7 @@ def prepare(
     out: Path = typer.Option(None, help="Output shard directory.  \\[default: data/NAME/SPLIT]"),
     template: str = typer.Option(
         None,
-        help="Prompt template: a built-in name (math_think_boxed, short_answer) or a Jinja file seeing {{ problem }} and {{ choices }}.  \\[default: the dataset's]",
+        help="Prompt template: a built-in name (math_think_boxed, short_answer, final_number) or a Jinja file seeing {{ problem }} and {{ choices }}.  \\[default: the dataset's]",
     ),
     min_pixels: int = typer.Option(
         None,
@@ -44,13 +44,14 @@ def prepare(
         help="Downscale larger images to at most this many pixels.  \\[default: 4194304 for geometry3k]",
     ),
     limit: int = typer.Option(None, help="Keep only the first K problems."),
-    seed: int = typer.Option(0, help="Seed of generated datasets (shapes)."),
+    seed: int = typer.Option(0, help="Seed of generated datasets (shapes, arithmetic)."),
     size: int = typer.Option(
         None,
-        help="Number of generated items (shapes).  \\[default: 512 train, 64 validation, 128 test]",
+        help="Number of generated items (shapes, arithmetic).  \\[default: 512 train, 64 validation, 128 test]",
     ),
     difficulty: str = typer.Option(
-        "easy", help="Generated task difficulty (shapes): colour, easy, medium or hard."
+        "easy",
+        help="Generated task difficulty: shapes colour|easy|medium|hard, arithmetic easy|medium|hard.",
     ),
     image_size: int = typer.Option(56, help="Side in pixels of generated images (shapes)."),
     overwrite: bool = typer.Option(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mgpo_cli.errors import MgpoError
+from stages.score.last_number import last_number_reward
 from stages.score.short_answer import short_answer_reward
 
 RewardFn = Callable[..., Any]
@@ -52,6 +53,7 @@ def _math(
 BUILTIN_REWARDS: dict[str, tuple[RewardFn, tuple[str, ...]]] = {
     "math": (_math, ("format", "accuracy")),
     "short_answer": (short_answer_reward, ("format", "accuracy")),
+    "last_number": (last_number_reward, ("format", "accuracy")),
 }
 
 
