@@ -213,6 +213,15 @@ def _clipped_objective(
     return loss, pg_loss, unclipped, clipped, kl_tok
 
 
+def _sequence_mean(mf: Tensor, lengths: Tensor, n_seqs: float) -> Callable[[Tensor], Tensor]:
+    """GRPO-style aggregation: token mean per response, summed, divided by ``n_seqs``."""
+
+    def aggregate(x: Tensor) -> Tensor:
+        return _seq_token_mean(x, mf, lengths).sum() / n_seqs
+
+    return aggregate
+
+
 def _clipped_metrics(
     loss: Tensor,
     pg_loss: Tensor,
@@ -328,8 +337,7 @@ def grpo_loss(
     n_seqs = float(max(lp.shape[0], 1)) if num_seqs is None else float(num_seqs)
     w = _token_log_ratio(lp, old, mf).exp()
 
-    def seq_mean(x: Tensor) -> Tensor:
-        return _seq_token_mean(x, mf, lengths).sum() / n_seqs
+    seq_mean = _sequence_mean(mf, lengths, n_seqs)
 
     loss, pg_loss, unclipped, clipped, kl_tok = _clipped_objective(
         w, _clip(w, eps_low, eps_high), adv, lp, ref_logp, kl_coef, mf, seq_mean
@@ -359,8 +367,7 @@ def gspo_loss(
     n_seqs = float(max(lp.shape[0], 1)) if num_seqs is None else float(num_seqs)
     s = _seq_log_ratio(_token_log_ratio(lp, old, mf), lengths).exp()[:, None]  # [N, 1]
 
-    def seq_mean(x: Tensor) -> Tensor:
-        return _seq_token_mean(x, mf, lengths).sum() / n_seqs
+    seq_mean = _sequence_mean(mf, lengths, n_seqs)
 
     loss, pg_loss, unclipped, clipped, kl_tok = _clipped_objective(
         s, _clip(s, eps_low, eps_high), adv, lp, ref_logp, kl_coef, mf, seq_mean
@@ -403,8 +410,7 @@ def mgpo_loss(
     mclip = _clip(s, eps_low, eps_high)
     mclip = mclip + a * (_clip(w, eps_low, eps_high) - mclip)
 
-    def seq_mean(x: Tensor) -> Tensor:
-        return _seq_token_mean(x, mf, lengths).sum() / n_seqs
+    seq_mean = _sequence_mean(mf, lengths, n_seqs)
 
     loss, pg_loss, unclipped, clipped, kl_tok = _clipped_objective(
         ratio, mclip, adv, lp, ref_logp, kl_coef, mf, seq_mean
