@@ -34,35 +34,6 @@ from PIL import Image, ImageDraw
 SHIM = Path(__file__).resolve().parent.parent / "tests" / "vllm_cpu_site"
 
 
-def build_tiny_h32(folder: Path, seed: int = 0) -> Path:
-    """The built-in tiny model with head size 32 (same tokenizer, processor and widths)."""
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
-
-    from mgpo_cli import tiny
-    from mgpo_cli.models import quiet_transformers
-    from mgpo_cli.processor import QwenVLImageProcessor
-
-    tokenizer = tiny.build_tiny_tokenizer()
-    processor = QwenVLImageProcessor(
-        tiny.build_tiny_image_processor(), tokenizer, tiny.CHAT_TEMPLATE
-    )
-    config = tiny.tiny_config(tokenizer)
-    text = config.text_config
-    text.num_attention_heads, text.num_key_value_heads, text.head_dim = 2, 2, 32
-    text.rope_parameters = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    stop = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-    model.generation_config = GenerationConfig(
-        bos_token_id=stop[1], eos_token_id=stop, pad_token_id=stop[1]
-    )
-    with quiet_transformers():
-        model.save_pretrained(str(folder))
-        processor.save_pretrained(str(folder))
-    return folder
-
-
 def prompt_rows(count: int, image_size: int) -> list[dict]:
     """Every other prompt has an image (a shape of varying size), the rest are text-only."""
     rows = []
@@ -116,13 +87,14 @@ def main() -> None:
         shim.install()
 
     from mgpo_cli.models import load_policy
+    from mgpo_cli.tiny import build_tiny_model
     from stages.rollout.engine_hf import HFEngine
     from stages.rollout.engine_vllm import VLLMEngine
 
     scratch = tempfile.TemporaryDirectory()
     model = args.model
     if model == "tiny-h32":
-        model = str(build_tiny_h32(Path(scratch.name) / "tiny-h32"))
+        model = str(build_tiny_model(Path(scratch.name) / "tiny-h32", kind="vision-h32"))
 
     start = time.perf_counter()
     policy, io = load_policy(model, dtype=args.dtype, device=args.device)

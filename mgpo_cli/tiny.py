@@ -234,17 +234,33 @@ def tiny_config(tokenizer):
     )
 
 
-def _tiny_vision(seed: int) -> tuple[Any, Any]:
+def _tiny_vision(seed: int, head_dim: int | None = None) -> tuple[Any, Any]:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from mgpo_cli.processor import QwenVLImageProcessor
 
     tokenizer = build_tiny_tokenizer()
     processor = QwenVLImageProcessor(build_tiny_image_processor(), tokenizer, CHAT_TEMPLATE)
+    config = tiny_config(tokenizer)
+    if head_dim is not None:  # same width, fewer and wider heads
+        text = config.text_config
+        heads, scale = text.hidden_size // head_dim, head_dim // 16
+        text.num_attention_heads, text.num_key_value_heads, text.head_dim = heads, heads, head_dim
+        # mrope sections split head_dim / 2 rotary frequencies as 2:3:3, like the default's [2, 3, 3]
+        text.rope_parameters = {
+            "rope_type": "default",
+            "rope_theta": 1e6,
+            "mrope_section": [2 * scale, 3 * scale, 3 * scale],
+        }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
+        model = Qwen2_5_VLForConditionalGeneration(config)
     return model, processor
+
+
+def _tiny_vision_h32(seed: int) -> tuple[Any, Any]:
+    """The vision model with 2 heads of 32: vLLM's CPU attention has no head size 16."""
+    return _tiny_vision(seed, head_dim=32)
 
 
 def _tiny_text(seed: int) -> tuple[Any, Any]:
@@ -271,7 +287,11 @@ def _tiny_text(seed: int) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-KINDS: dict[str, Callable[[int], tuple[Any, Any]]] = {"vision": _tiny_vision, "text": _tiny_text}
+KINDS: dict[str, Callable[[int], tuple[Any, Any]]] = {
+    "vision": _tiny_vision,
+    "vision-h32": _tiny_vision_h32,
+    "text": _tiny_text,
+}
 
 
 def _write_tiny(folder: Path, seed: int, kind: str) -> None:
@@ -293,8 +313,9 @@ def _write_tiny(folder: Path, seed: int, kind: str) -> None:
 def build_tiny_model(out_dir: str | os.PathLike, seed: int = 0, kind: str = "vision") -> Path:
     """Build the tiny model into ``out_dir`` unless it is already there; return the folder.
 
-    ``kind`` is ``vision`` (Qwen2.5-VL, the default) or ``text`` (a Qwen2 causal LM of the same
-    size and tokenizer). Written to a temporary sibling and renamed into place, so a folder that
+    ``kind`` is ``vision`` (Qwen2.5-VL, the default), ``vision-h32`` (the same with 2 heads of
+    32, which vLLM's CPU attention supports) or ``text`` (a Qwen2 causal LM of the same size and
+    tokenizer). Written to a temporary sibling and renamed into place, so a folder that
     exists is complete (two processes building at once: the second rename loses, its copy goes).
     """
     if kind not in KINDS:

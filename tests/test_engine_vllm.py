@@ -29,6 +29,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mgpo_cli.errors import MgpoError
+from mgpo_cli.tiny import build_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -54,35 +55,6 @@ ROWS = [
     {"id": "b", "prompt": "How many shapes are there?", "images": []},
     {"id": "c", "prompt": "<image> vs <image>: which?", "images": [shape_image(), shape_image(90)]},
 ]
-
-
-def build_tiny_vllm(folder: Path, seed: int = 0) -> Path:
-    """The built-in tiny Qwen2.5-VL with 2 attention heads of 32 (vLLM CPU's smallest)."""
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
-
-    from mgpo_cli import tiny
-    from mgpo_cli.models import quiet_transformers
-    from mgpo_cli.processor import QwenVLImageProcessor
-
-    tokenizer = tiny.build_tiny_tokenizer()
-    processor = QwenVLImageProcessor(
-        tiny.build_tiny_image_processor(), tokenizer, tiny.CHAT_TEMPLATE
-    )
-    config = tiny.tiny_config(tokenizer)
-    text = config.text_config
-    text.num_attention_heads, text.num_key_value_heads, text.head_dim = 2, 2, 32
-    text.rope_parameters = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    stop = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
-    model.generation_config = GenerationConfig(
-        bos_token_id=stop[1], eos_token_id=stop, pad_token_id=stop[1]
-    )
-    with quiet_transformers():
-        model.save_pretrained(str(folder))
-        processor.save_pretrained(str(folder))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +84,7 @@ def vllm_env():
 
 @pytest.fixture(scope="module")
 def tiny_vllm_dir(tmp_path_factory) -> Path:
-    return build_tiny_vllm(tmp_path_factory.mktemp("tiny-vllm") / "model")
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-vllm") / "model", kind="vision-h32")
 
 
 @pytest.fixture(scope="module")
