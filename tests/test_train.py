@@ -7,6 +7,7 @@ loss and gradients are not trivially zero.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import signal
@@ -192,6 +193,42 @@ def test_train_run_dir_metrics_and_export(shapes_dir: Path, tiny_model_dir: Path
     final = _weights(run)
     assert final.keys() == start.keys()
     assert any(not torch.equal(final[k], start[k]) for k in final)
+
+
+def test_on_policy_step_reuses_its_own_logprobs_and_matches_a_frozen_forward(
+    shapes_dir: Path, tmp_path: Path
+) -> None:
+    """With one optimizer step per rollout the old log-probs come from the update's own forward
+    (detached) instead of a separate no-grad pass; the update must be the same either way."""
+    from mgpo_cli.config import apply_overrides, build, load_recipe, parse_override
+    from stages.train.loop import Trainer
+
+    settings = {**SMALL_SETTINGS, "optim.mini_batches": 1, "optim.micro_batch": 16}
+    settings["score.reward"] = f"{shapes_dir / 'vowel.py'}:vowel"
+    settings["data.train"] = str(shapes_dir / "train")
+    overrides = [parse_override(f"{k}={v}") for k, v in settings.items()]
+    config = build(TrainConfig, apply_overrides(load_recipe("tiny"), overrides))
+    torch.set_num_threads(1)
+    trainer = Trainer(config, tmp_path)
+    batch, _ = trainer.collect(tmp_path / "step-1")
+    start_model = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    start_optim = copy.deepcopy(trainer.optimizer.state_dict())
+
+    reused = trainer.update(batch)
+    weights_reused = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.model.load_state_dict(start_model)
+    trainer.optimizer.load_state_dict(start_optim)
+    trainer.opt_steps = 0
+    frozen = trainer.update(batch, frozen_old=True)
+
+    assert reused["ratio_min"] == reused["ratio_max"] == 1.0  # exactly on-policy
+    assert reused["loss"] == pytest.approx(frozen["loss"], abs=1e-6)
+    assert reused["grad_norm"] == pytest.approx(frozen["grad_norm"], rel=1e-5)
+    assert reused["engine_logprob_mismatch"] < 1e-5
+    moved = [k for k in start_model if not torch.equal(start_model[k], weights_reused[k])]
+    assert moved
+    for key, value in trainer.model.state_dict().items():
+        assert torch.allclose(value, weights_reused[key], atol=1e-6), key
 
 
 @pytest.mark.slow

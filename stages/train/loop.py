@@ -346,8 +346,12 @@ class Trainer:
     def _temperature(self) -> float:
         return self.config.rollout.temperature if self.config.rollout.temperature > 0 else 1.0
 
-    def update(self, batch: StepBatch) -> dict[str, float]:
-        """All optimizer steps of this training step; returns averaged loss metrics."""
+    def update(self, batch: StepBatch, *, frozen_old: bool | None = None) -> dict[str, float]:
+        """All optimizer steps of this training step; returns averaged loss metrics.
+
+        ``frozen_old`` forces (True) or skips (False) the separate no-grad forward for the old
+        log-probs; by default it runs only when the step makes more than one optimizer step.
+        """
         config = self.config
         prompt_ids, responses, engine_logprobs, rewards, group_ids = batch.flat()
         rows = self._prompt_rows(set(prompt_ids))
@@ -363,18 +367,19 @@ class Trainer:
             params["alpha_age"] = gpg_correction(rewards, group_ids).alpha_age
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        old = self.frozen_logprobs(self.policy, sample_rows, responses)
+        # One optimizer step per rollout batch: the update's own forward runs on the policy that
+        # sampled, so its detached log-probs are the old log-probs exactly (ratio 1) and a
+        # separate no-grad forward would only cost time. More steps need them frozen up front.
+        if frozen_old is None:
+            frozen_old = config.optim.epochs * config.optim.mini_batches > 1
+        old = self.frozen_logprobs(self.policy, sample_rows, responses) if frozen_old else None
+        self.fresh_logprobs: dict[int, torch.Tensor] = {}
         ref = (
             None
             if self.reference is None
             else self.frozen_logprobs(self.reference, sample_rows, responses)
         )
         timings["logprobs_s"] = time.perf_counter() - started
-        mismatch = [
-            float((o - torch.tensor(e)).abs().mean())
-            for o, e in zip(old, engine_logprobs, strict=True)
-            if len(e)
-        ]
         started = time.perf_counter()
         order_rng = random.Random(step_seed(config.trainer.seed, self.step, "shuffle"))
         collected: list[dict[str, float]] = []
@@ -396,6 +401,13 @@ class Trainer:
                     )
                 )
         timings["update_s"] = time.perf_counter() - started
+        # trainer vs engine log-probs (on-policy: over this process's samples only)
+        trainer_logprobs = dict(enumerate(old)) if old is not None else self.fresh_logprobs
+        mismatch = [
+            float((trainer_logprobs[i] - torch.tensor(engine_logprobs[i])).abs().mean())
+            for i in sorted(trainer_logprobs)
+            if len(engine_logprobs[i])
+        ]
         metrics = (
             {k: sum(m[k] for m in collected) / len(collected) for k in collected[0]}
             if collected
@@ -464,10 +476,17 @@ class Trainer:
                 extra = {}
                 if ref is not None:
                     extra["ref_logp"] = _pad([ref[i] for i in indices], width).to(device)
+                if old is None:  # on-policy: see ``update``
+                    old_logp = result.logp.detach()
+                    for k, i in enumerate(chunk):
+                        if i is not None:
+                            self.fresh_logprobs[i] = old_logp[k, : len(responses[i])].float().cpu()
+                else:
+                    old_logp = _pad([old[i] for i in indices], width).to(device)
                 loss, metrics = algos.compute_loss(
                     config.algo.name,
                     result.logp,
-                    _pad([old[i] for i in indices], width).to(device),
+                    old_logp,
                     advantages[indices].to(device),
                     result.mask & live[:, None],
                     entropy=result.entropy,
