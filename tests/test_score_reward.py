@@ -25,7 +25,7 @@ from mgpo_cli.errors import MgpoError
 from stages.score import runner
 from stages.score.extract import has_think_format, last_boxed
 from stages.score.math_reward import clean_answer, is_correct, math_reward
-from stages.score.runner import score_items, summarize
+from stages.score.runner import ScorePool, score_items, summarize
 
 # Geometry3K-style choice list: answers in the data set are values; some sets give letters.
 CHOICES = ["3", "2\\sqrt{3}", "6", "9"]
@@ -656,6 +656,26 @@ def test_stopping_early_leaves_no_worker_behind(hang_guard):
     first = next(rows)
     assert first["prompt_id"] == "p0"
     rows.close()
+    assert mp.active_children() == []
+
+
+def test_score_pool_keeps_its_workers_between_calls_and_recovers_after_an_error(hang_guard):
+    """The trainer scores every step with one ScorePool: same worker processes each call,
+    same rows as one-off score_items, and an error mid-call stops the workers without breaking
+    the next call."""
+    first = [_item(f"p{i}", 0, THINK + f"\\boxed{{{i}}}", str(i)) for i in range(6)]
+    second = [_item(f"q{i}", 1, THINK + f"\\boxed{{{i}}}", "0") for i in range(6)]
+    with ScorePool("math", workers=2, timeout_s=30) as pool:
+        rows_a = list(pool.score(first))
+        pids = sorted(p.pid for p in mp.active_children())
+        rows_b = list(pool.score(second))
+        assert sorted(p.pid for p in mp.active_children()) == pids and len(pids) == 2
+        assert rows_a == list(score_items(first, "math", workers=1, timeout_s=30))
+        assert [r["accuracy"] for r in rows_b] == [1.0, 0, 0, 0, 0, 0]
+        with pytest.raises(MgpoError, match="not a string"):
+            list(pool.score([{"prompt_id": "x", "sample": 0, "response": 1, "answer": "1"}]))
+        assert mp.active_children() == []  # stopped after the error
+        assert list(pool.score(first)) == rows_a  # and started again on the next call
     assert mp.active_children() == []
 
 

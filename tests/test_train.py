@@ -220,6 +220,7 @@ def test_on_policy_step_reuses_its_own_logprobs_and_matches_a_frozen_forward(
     trainer.optimizer.load_state_dict(start_optim)
     trainer.opt_steps = 0
     frozen = trainer.update(batch, frozen_old=True)
+    trainer.close()
 
     assert reused["ratio_min"] == reused["ratio_max"] == 1.0  # exactly on-policy
     assert reused["loss"] == pytest.approx(frozen["loss"], abs=1e-6)

@@ -15,7 +15,7 @@ from mgpo_cli.console import console, progress
 from mgpo_cli.errors import MgpoError
 from mgpo_cli.schemas import SCORES
 from mgpo_cli.shards import ShardWriter, check_target, open_shards
-from stages.score.runner import score_items
+from stages.score.runner import ScorePool, score_items
 
 
 @dataclass(frozen=True)
@@ -90,12 +90,39 @@ def _items(options: ScoreOptions, prompts_dir: str) -> tuple[Iterator[dict[str, 
     return items(), rollouts.num_rows
 
 
-def run_score(options: ScoreOptions, *, quiet: bool = False) -> ScoreSummary:
-    """Score every rollout; the reward components become columns beside ``reward``."""
+def _reward_options(options: ScoreOptions) -> dict[str, Any]:
+    return {} if options.format_weight is None else {"format_weight": options.format_weight}
+
+
+def score_pool(options: ScoreOptions) -> ScorePool:
+    """Workers for ``options``' reward that ``run_score(..., pool=)`` can reuse across calls."""
+    return ScorePool(
+        options.reward,
+        workers=options.workers,
+        timeout_s=options.timeout_s,
+        options=_reward_options(options),
+    )
+
+
+def run_score(
+    options: ScoreOptions, *, quiet: bool = False, pool: ScorePool | None = None
+) -> ScoreSummary:
+    """Score every rollout; the reward components become columns beside ``reward``.
+
+    ``pool``: workers from ``score_pool`` for the same reward settings, kept by a caller that
+    scores many times (the trainer, every step).
+    """
     if options.workers <= 0:
         raise MgpoError(f"--workers must be positive, got {options.workers}")
     if options.format_weight is not None and not 0.0 <= options.format_weight <= 1.0:
         raise MgpoError(f"format weight must be in [0, 1], got {options.format_weight}")
+    if pool is not None and (pool.spec, pool.workers, pool.timeout_s, pool.options) != (
+        options.reward,
+        options.workers,
+        options.timeout_s,
+        _reward_options(options),
+    ):
+        raise MgpoError("run_score: the score pool was made for other reward settings")
     out = options.out_dir()
     # Refuse the output before scoring, not after minutes of work; and never write the scores
     # over their own inputs (with --overwrite that would delete them).
@@ -112,16 +139,19 @@ def run_score(options: ScoreOptions, *, quiet: bool = False) -> ScoreSummary:
     rows: list[dict[str, Any]] = []
     with progress() as bar:
         task = bar.add_task("score", total=total, visible=not quiet)
-        reward_options = (
-            {} if options.format_weight is None else {"format_weight": options.format_weight}
+        reward_options = _reward_options(options)
+        scored_rows = (
+            pool.score(items)
+            if pool is not None
+            else score_items(
+                items,
+                options.reward,
+                workers=options.workers,
+                timeout_s=options.timeout_s,
+                options=reward_options,
+            )
         )
-        for scored in score_items(
-            items,
-            options.reward,
-            workers=options.workers,
-            timeout_s=options.timeout_s,
-            options=reward_options,
-        ):
+        for scored in scored_rows:
             rows.append(scored)
             bar.advance(task)
     schema = _schema_for(rows)

@@ -240,19 +240,84 @@ def score_items(
     returns something other than a finite number or a dict with ``reward``, or kills its worker,
     naming the item and the function. Items are read lazily, at most ``workers`` ahead.
     """
-    if workers < 1:
-        raise MgpoError(f"--workers must be at least 1, got {workers}")
-    if not timeout_s > 0:
-        raise MgpoError(f"reward time limit must be positive, got {timeout_s}")
-    split_spec(reward_fn_spec)
-    return _score(items, reward_fn_spec, dict(options or {}), workers, timeout_s, startup_timeout_s)
+    pool = ScorePool(
+        reward_fn_spec,
+        workers=workers,
+        timeout_s=timeout_s,
+        options=options,
+        startup_timeout_s=startup_timeout_s,
+    )
+    return _score_once(pool, items)
+
+
+def _score_once(pool: ScorePool, items: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+    with pool:
+        yield from pool.score(items)
+
+
+class ScorePool:
+    """``score_items`` with its worker processes kept between calls.
+
+    The trainer scores a batch every step; starting the workers each time costs a few tenths of a
+    second, as much as scoring a batch of short answers. Workers start on the first ``score``;
+    after a call that ends early or with an error they are stopped and the next call starts
+    fresh ones. Use as a context manager, or call ``close``.
+    """
+
+    def __init__(
+        self,
+        reward_fn_spec: str = "math",
+        *,
+        workers: int = 1,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        options: Mapping[str, Any] | None = None,
+        startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+    ) -> None:
+        if workers < 1:
+            raise MgpoError(f"--workers must be at least 1, got {workers}")
+        if not timeout_s > 0:
+            raise MgpoError(f"reward time limit must be positive, got {timeout_s}")
+        split_spec(reward_fn_spec)
+        self.spec, self.workers, self.timeout_s = reward_fn_spec, workers, timeout_s
+        self.options = dict(options or {})
+        self.startup_timeout_s = startup_timeout_s
+        self._pool: _Pool | None = None
+
+    def score(self, items: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Rows for ``items`` in input order, as ``score_items`` yields them."""
+        if self._pool is None:
+            backstop_s = BACKSTOP_FACTOR * self.timeout_s + BACKSTOP_EXTRA_S
+            self._pool = _Pool(
+                self.spec, self.options, self.workers, self.startup_timeout_s, backstop_s
+            )
+        finished = False
+        try:
+            yield from _score(
+                self._pool, items, self.spec, self.options, self.timeout_s, self.startup_timeout_s
+            )
+            finished = True
+        finally:
+            if not finished:  # an error, or the caller stopped early: workers may be busy
+                self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> ScorePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _score(
+    pool: _Pool,
     items: Iterable[Mapping[str, Any]],
     spec: str,
     options: dict[str, Any],
-    workers: int,
     timeout_s: float,
     startup_timeout_s: float,
 ) -> Iterator[dict[str, Any]]:
@@ -279,89 +344,81 @@ def _score(
             "timed_out": timed,
         }
 
-    backstop_s = BACKSTOP_FACTOR * timeout_s + BACKSTOP_EXTRA_S
-    pool = _Pool(spec, options, workers, startup_timeout_s, backstop_s)
-    try:
-        pool.wait_ready()
-        while True:
-            for worker in pool.workers:
-                if exhausted or not worker.ready or worker.index is not None:
-                    continue
-                try:
-                    item = next(source)
-                except StopIteration:
-                    exhausted = True
-                    break
-                _check_item(taken, item, options)
-                names[taken] = {"prompt_id": item.get("prompt_id"), "sample": item.get("sample")}
-                worker.index, worker.deadline = taken, time.monotonic() + timeout_s
-                worker.conn.send((taken, dict(item)))
-                taken += 1
+    pool.wait_ready()
+    while True:
+        for worker in pool.workers:
+            if exhausted or not worker.ready or worker.index is not None:
+                continue
+            try:
+                item = next(source)
+            except StopIteration:
+                exhausted = True
+                break
+            _check_item(taken, item, options)
+            names[taken] = {"prompt_id": item.get("prompt_id"), "sample": item.get("sample")}
+            worker.index, worker.deadline = taken, time.monotonic() + timeout_s
+            worker.conn.send((taken, dict(item)))
+            taken += 1
 
-            # Rows leave in input order. A timed-out row of a custom function waits until some
-            # item has shown the function's component names, so every row has the same columns.
-            while emitted in done and (components is not None or done[emitted] is not None):
+        # Rows leave in input order. A timed-out row of a custom function waits until some
+        # item has shown the function's component names, so every row has the same columns.
+        while emitted in done and (components is not None or done[emitted] is not None):
+            yield row_of(emitted, done.pop(emitted))
+            emitted += 1
+        busy = [w for w in pool.workers if w.index is not None]
+        if exhausted and not busy:
+            if components is None:
+                components = ()
+            while emitted in done:
                 yield row_of(emitted, done.pop(emitted))
                 emitted += 1
-            busy = [w for w in pool.workers if w.index is not None]
-            if exhausted and not busy:
-                if components is None:
-                    components = ()
-                while emitted in done:
-                    yield row_of(emitted, done.pop(emitted))
-                    emitted += 1
-                return
+            return
 
-            watched = [w for w in pool.workers if w.index is not None or not w.ready]
-            deadline = min(
-                [w.deadline for w in busy]
-                + [w.started + startup_timeout_s for w in watched if not w.ready]
-            )
-            for conn in wait(
-                [w.conn for w in watched], timeout=max(0.0, deadline - time.monotonic())
-            ):
-                worker = pool.by_conn(conn)
-                message = pool.receive(worker)
-                if message is None:
-                    continue
-                kind, index, payload = message
-                if kind == "timeout":
-                    done[index] = None
-                    worker.index = None
-                    pool.replace(worker)
-                    continue
-                if kind == "died":
-                    if index < 0:
-                        raise MgpoError(f"--reward {spec!r}: worker process exited {payload}")
-                    raise fail(index, f"its worker process exited {payload}")
+        watched = [w for w in pool.workers if w.index is not None or not w.ready]
+        deadline = min(
+            [w.deadline for w in busy]
+            + [w.started + startup_timeout_s for w in watched if not w.ready]
+        )
+        for conn in wait([w.conn for w in watched], timeout=max(0.0, deadline - time.monotonic())):
+            worker = pool.by_conn(conn)
+            message = pool.receive(worker)
+            if message is None:
+                continue
+            kind, index, payload = message
+            if kind == "timeout":
+                done[index] = None
                 worker.index = None
-                if kind == "error":
-                    raise fail(index, payload)
-                result = dict(payload)
-                got = tuple(k for k in result if k not in ("reward", "extracted"))
-                if components is None:
-                    components = got
-                elif set(got) != set(components):
-                    raise fail(
-                        index,
-                        f"returned components {sorted(got)}, not {sorted(components)} as before",
-                    )
-                done[index] = result
+                pool.replace(worker)
+                continue
+            if kind == "died":
+                if index < 0:
+                    raise MgpoError(f"--reward {spec!r}: worker process exited {payload}")
+                raise fail(index, f"its worker process exited {payload}")
+            worker.index = None
+            if kind == "error":
+                raise fail(index, payload)
+            result = dict(payload)
+            got = tuple(k for k in result if k not in ("reward", "extracted"))
+            if components is None:
+                components = got
+            elif set(got) != set(components):
+                raise fail(
+                    index,
+                    f"returned components {sorted(got)}, not {sorted(components)} as before",
+                )
+            done[index] = result
 
-            now = time.monotonic()
-            for worker in list(pool.workers):
-                if worker.index is not None and worker.deadline <= now:
-                    done[worker.index] = None
-                    worker.index = None
-                    pool.replace(worker)
-                elif not worker.ready and worker.started + startup_timeout_s <= now:
-                    raise MgpoError(
-                        f"--reward {spec!r}: worker did not load the reward function within "
-                        f"{startup_timeout_s:g} s"
-                    )
-    finally:
-        with contextlib.suppress(Exception):
-            pool.close()
+        now = time.monotonic()
+        for worker in list(pool.workers):
+            if worker.index is not None and worker.deadline <= now:
+                done[worker.index] = None
+                worker.index = None
+                pool.replace(worker)
+            elif not worker.ready and worker.started + startup_timeout_s <= now:
+                raise MgpoError(
+                    f"--reward {spec!r}: worker did not load the reward function within "
+                    f"{startup_timeout_s:g} s"
+                )
 
 
 def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, float | int]:

@@ -38,6 +38,8 @@ def short_answer_reward(
     if choices:
         clean = float(extracted.lower() in {c.strip().lower() for c in choices})
     else:
-        clean = float(bool(_WORD.fullmatch(response.strip().rstrip(".")))) if response.strip() else 0.0
+        clean = (
+            float(bool(_WORD.fullmatch(response.strip().rstrip(".")))) if response.strip() else 0.0
+        )
     reward = (1.0 - format_weight) * accuracy + format_weight * clean
     return {"reward": reward, "format": clean, "accuracy": accuracy, "extracted": extracted}

@@ -36,7 +36,8 @@ from mgpo_cli.console import console
 from mgpo_cli.errors import MgpoError
 from mgpo_cli.shards import is_complete, open_shards
 from stages.rollout import RolloutOptions, run_rollout
-from stages.score.run import ScoreOptions, run_score
+from stages.score.run import ScoreOptions, run_score, score_pool
+from stages.score.runner import ScorePool
 from stages.train import algos
 from stages.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from stages.train.config import TrainConfig
@@ -196,6 +197,7 @@ class Trainer:
             raise MgpoError(f"{config.data.train}: no prompts to train on")
         self.position = Position()
         self.step = 0
+        self.scorer: ScorePool | None = None  # scoring workers, started on first use
         self.opt_steps = 0
         self.losses: list[
             float
@@ -227,6 +229,18 @@ class Trainer:
             max_model_len=r.max_prompt_tokens + r.max_new_tokens,
         )
 
+    def _score_options(self, rollouts: str, prompts: str, out: str) -> ScoreOptions:
+        s = self.config.score
+        return ScoreOptions(
+            rollouts=rollouts,
+            prompts=prompts,
+            reward=s.reward,
+            workers=s.workers,
+            timeout_s=s.timeout_s,
+            format_weight=s.format_weight,
+            out=out,
+        )
+
     def rollout_and_score(
         self,
         step_dir: Path,
@@ -250,19 +264,10 @@ class Trainer:
                 run_rollout(options, engine=self.engine, quiet=True)
             rollout_time = time.perf_counter() - started
             if not is_complete(scores):
-                s = self.config.score
-                run_score(
-                    ScoreOptions(
-                        rollouts=str(rollouts),
-                        prompts=prompts,
-                        reward=s.reward,
-                        workers=s.workers,
-                        timeout_s=s.timeout_s,
-                        format_weight=s.format_weight,
-                        out=str(scores),
-                    ),
-                    quiet=True,
-                )
+                options = self._score_options(str(rollouts), prompts, str(scores))
+                if self.scorer is None:  # workers kept for the whole run
+                    self.scorer = score_pool(options)
+                run_score(options, quiet=True, pool=self.scorer)
         else:
             rollout_time = 0.0
         self.accelerator.wait_for_everyone()
@@ -556,6 +561,11 @@ class Trainer:
         self.position = Position(**state["position"])
         return True
 
+    def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
+            self.scorer = None
+
     def export(self, folder: Path) -> None:
         """The final policy as a plain model folder (``--model RUN/final`` loads it)."""
         if self.accelerator.is_main_process:
@@ -593,44 +603,48 @@ def run_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         write_run_dir(config, overwrite=overwrite and not resume)
     state.wait_for_everyone()
     trainer = Trainer(config, run_dir)
-    log = MetricsLog(
-        run_dir,
-        enabled=trainer.accelerator.is_main_process,
-        wandb=config.trainer.wandb,
-        config=to_dict(config),
-    )
-    if resume and trainer.restore():
-        console.print(f"resuming {run_dir} after step {trainer.step}")
-        log.truncate_after(trainer.step)
-        for stale in (run_dir / "steps").glob("step-*"):
-            if int(stale.name.split("-")[1]) > trainer.step and trainer.accelerator.is_main_process:
-                shutil.rmtree(stale, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    if trainer.step == 0 and config.trainer.val_every and config.data.val:
-        log.write(0, {"step": 0, **trainer.validate(run_dir / "steps" / "step-000000")})
-    with LiveView(
-        config.trainer.steps, start=trainer.step, enabled=trainer.accelerator.is_main_process
-    ) as live:
-        while trainer.step < config.trainer.steps:
-            started = time.perf_counter()
-            step_dir = run_dir / "steps" / f"step-{trainer.step + 1:06d}"
-            batch, metrics = trainer.collect(step_dir)
-            metrics.update(trainer.update(batch))
-            trainer.step += 1
-            if config.rollout.backend != "hf":
-                trainer.engine.update_weights(trainer.policy.named_parameters())
-            if config.trainer.val_every and trainer.step % config.trainer.val_every == 0:
-                metrics.update(trainer.validate(step_dir))
-            metrics["step_time_s"] = time.perf_counter() - started
-            metrics["step"] = trainer.step
-            log.write(trainer.step, metrics)
-            live.update(trainer.step, metrics)
-            last = trainer.step == config.trainer.steps
-            if last or (
-                config.trainer.save_every and trainer.step % config.trainer.save_every == 0
-            ):
-                trainer.save()
-            trainer.accelerator.wait_for_everyone()
-    trainer.export(run_dir / "final")
-    log.close()
-    return run_dir
+    with contextlib.closing(trainer):  # stops the scoring workers, also on errors
+        log = MetricsLog(
+            run_dir,
+            enabled=trainer.accelerator.is_main_process,
+            wandb=config.trainer.wandb,
+            config=to_dict(config),
+        )
+        if resume and trainer.restore():
+            console.print(f"resuming {run_dir} after step {trainer.step}")
+            log.truncate_after(trainer.step)
+            for stale in (run_dir / "steps").glob("step-*"):
+                if (
+                    int(stale.name.split("-")[1]) > trainer.step
+                    and trainer.accelerator.is_main_process
+                ):
+                    shutil.rmtree(stale, ignore_errors=True)
+        trainer.accelerator.wait_for_everyone()
+        if trainer.step == 0 and config.trainer.val_every and config.data.val:
+            log.write(0, {"step": 0, **trainer.validate(run_dir / "steps" / "step-000000")})
+        with LiveView(
+            config.trainer.steps, start=trainer.step, enabled=trainer.accelerator.is_main_process
+        ) as live:
+            while trainer.step < config.trainer.steps:
+                started = time.perf_counter()
+                step_dir = run_dir / "steps" / f"step-{trainer.step + 1:06d}"
+                batch, metrics = trainer.collect(step_dir)
+                metrics.update(trainer.update(batch))
+                trainer.step += 1
+                if config.rollout.backend != "hf":
+                    trainer.engine.update_weights(trainer.policy.named_parameters())
+                if config.trainer.val_every and trainer.step % config.trainer.val_every == 0:
+                    metrics.update(trainer.validate(step_dir))
+                metrics["step_time_s"] = time.perf_counter() - started
+                metrics["step"] = trainer.step
+                log.write(trainer.step, metrics)
+                live.update(trainer.step, metrics)
+                last = trainer.step == config.trainer.steps
+                if last or (
+                    config.trainer.save_every and trainer.step % config.trainer.save_every == 0
+                ):
+                    trainer.save()
+                trainer.accelerator.wait_for_everyone()
+        trainer.export(run_dir / "final")
+        log.close()
+        return run_dir
