@@ -1,11 +1,11 @@
 """``shapes``: the built-in, offline benchmark (the held-out ``test`` split of ``mgpo prepare shapes``).
 
 It lets the quick start evaluate a policy trained on the tiny recipe with no download:
-``mgpo eval shapes --model runs/tiny/final``. Items come from the prepare stage's generator with
+``mgpo eval shapes --subset colour --model runs/tiny/final``. Items come from the prepare stage's generator with
 its defaults (seed 0, 128 test items, 56-pixel images), so they are exactly the prompts
 ``mgpo prepare shapes --split test`` writes, never seen in training (splits use separate random
-streams). ``--subset easy|medium|hard`` picks the generator's difficulty (default easy, as the
-tiny recipe trains on).
+streams). ``--subset colour|easy|medium|hard`` picks the generator's difficulty (default easy; the
+quick start trains and evaluates on colour).
 
 Scoring is the ``short_answer`` reward's accuracy: the last ``\\boxed{}`` if there is one, else the
 first word, equal to the answer ignoring case. Not part of ``mgpo eval all`` (the paper's suite).
