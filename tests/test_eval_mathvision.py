@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from eval_fixtures import mathvision_record, write_mathvision
 
+from eval_fixtures import mathvision_record, write_mathvision
 from mgpo_cli.errors import MgpoError
 from stages.eval import get_benchmark, score_rows
 

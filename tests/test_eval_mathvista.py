@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from eval_fixtures import mathvista_record, write_mathvista
 
+from eval_fixtures import mathvista_record, write_mathvista
 from stages.eval import get_benchmark, score_rows
 
 BENCH = get_benchmark("mathvista")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from eval_fixtures import mathverse_record
 
+from eval_fixtures import mathverse_record
 from stages.eval import get_benchmark, score_rows
 from stages.eval.timed import score_item, score_rows_timed
 

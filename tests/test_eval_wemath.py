@@ -5,8 +5,8 @@ the official formula ``(N - 0.5 IG - RM - IK) / N`` written out independently he
 from __future__ import annotations
 
 import pytest
-from eval_fixtures import wemath_record, write_wemath
 
+from eval_fixtures import wemath_record, write_wemath
 from stages.eval import get_benchmark, score_rows
 from stages.eval.wemath import four_dimensions, parse_options, read_letter
 

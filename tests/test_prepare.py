@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers import (
     assert_nothing_left,
     assert_user_error,
@@ -28,7 +29,6 @@ from helpers import (
     run_many,
     write_geometry3k_parquet,
 )
-
 from mgpo_cli import __version__
 from mgpo_cli.errors import MgpoError
 from mgpo_cli.shards import MANIFEST, open_shards, prompt_row, staging_dir

@@ -11,9 +11,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import REPO
 from PIL import Image
 
+from helpers import REPO
 from mgpo_cli.errors import MgpoError
 from mgpo_cli.schemas import KINDS, SCHEMA_VERSION
 from mgpo_cli.shards import (
