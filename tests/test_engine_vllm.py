@@ -290,6 +290,64 @@ def test_rollout_stage_writes_rollout_shards(engine, reference, tmp_path):
         assert error < TOLERANCE
 
 
+def test_training_with_vllm_rollouts_hands_each_update_to_the_engine(
+    vllm_env, tiny_vllm_dir, reference, tmp_path
+):
+    """``mgpo train --set rollout.backend=vllm``: the engine samples every step with the weights
+    the trainer just updated. The trainer logs the mean |engine - trainer| log-prob of each
+    step's samples; after two large updates (lr 1e-2) a stale engine would be far off."""
+    import json
+
+    from helpers import run_cli
+    from mgpo_cli.shards import open_shards, prompt_row
+
+    prepared = run_cli("prepare", "shapes", "--size", "8", "--out", tmp_path / "train")
+    assert prepared.returncode == 0, prepared.stderr
+    # a reward a random policy earns about a fifth of the time, so steps 1 and 2 do update
+    (tmp_path / "vowel.py").write_text(
+        "def vowel(response, answer, **kwargs):\n"
+        "    return float(response.strip()[:1].lower() in 'aeiou' and response.strip() != '')\n"
+    )
+    run = tmp_path / "run"
+    settings = {
+        "model.name": str(tiny_vllm_dir),
+        "data.train": str(tmp_path / "train"),
+        "data.val": "null",
+        "rollout.backend": "vllm",
+        "rollout.batch_prompts": 4,
+        "rollout.n": 4,
+        "rollout.max_new_tokens": 3,
+        "rollout.max_prompt_tokens": 512,
+        "score.reward": f"{tmp_path / 'vowel.py'}:vowel",
+        "optim.lr": 1e-2,
+        "trainer.save_every": 0,
+        "run_dir": str(run),
+    }
+    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    trained = run_cli("train", "--recipe", "tiny", "--steps", "3", *args, timeout=900)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    for row in rows:
+        assert row["engine_logprob_mismatch"] < 1e-4, row
+    assert rows[0]["grad_norm"] > 0 and rows[1]["grad_norm"] > 0
+    # ...and the last step's samples, scored by the initial weights, are far from the engine's:
+    # the engine really did sample from updated weights.
+    model, io = reference
+    prompts = {
+        row["id"]: row
+        for row in map(prompt_row, open_shards(tmp_path / "train", "prompts").iter_rows())
+    }
+    last = list(open_shards(run / "steps" / "step-000003" / "rollouts", "rollouts").iter_rows())
+    stale = max(
+        logprob_error(
+            model, io, prompts[r["prompt_id"]], r["response_ids"], r["logprobs"], temperature=1.0
+        )
+        for r in last
+    )
+    assert stale > 1e-3, stale
+
+
 def test_sampled_mode_reports_the_renormalised_distribution(vllm_env, tiny_vllm_dir, reference):
     """``logprobs="sampled"``: log-probs of the distribution actually sampled (bans removed)."""
     from stages.rollout.engine_vllm import VLLMEngine
