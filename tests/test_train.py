@@ -264,17 +264,22 @@ def test_kill_during_a_step_then_resume_matches_uninterrupted(shapes_dir: Path) 
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_on_the_same_global_batch(shapes_dir: Path) -> None:
-    args = [*small_args(shapes_dir), "--steps", "2"]
+@pytest.mark.parametrize("mini_batches", [1, 2], ids=["on-policy", "two-minibatches"])
+def test_two_processes_match_one_on_the_same_global_batch(
+    shapes_dir: Path, mini_batches: int
+) -> None:
+    """One optimizer step per rollout takes the old log-probs from the update's own forward;
+    two take them from a separate frozen pass: both paths must be the same on 2 processes."""
+    args = [*small_args(shapes_dir), "--steps", "2", "--set", f"optim.mini_batches={mini_batches}"]
     env = cli_env(OMP_NUM_THREADS="1")
-    single = shapes_dir / "run-one"
+    single = shapes_dir / f"run-one-{mini_batches}"
     assert (
         run_cli(
             "train", *args, "--run-dir", single, cwd=shapes_dir, env={"OMP_NUM_THREADS": "1"}
         ).returncode
         == 0
     )
-    double = shapes_dir / "run-two"
+    double = shapes_dir / f"run-two-{mini_batches}"
     launch = [
         sys.executable,
         "-m",
