@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument(
         "--difficulty", default="colour", help="shapes level: colour, easy, medium or hard"
     )
+    parser.add_argument("--image-size", type=int, default=112, help="shapes image side (pixels)")
     parser.add_argument("--val-size", type=int, default=64)
     parser.add_argument(
         "--parallel", type=int, default=2, help="runs at a time (1 CPU thread each)"
@@ -82,6 +83,8 @@ def main() -> None:
                 "shapes",
                 "--difficulty",
                 args.difficulty,
+                "--image-size",
+                str(args.image_size),
                 "--split",
                 split,
                 "--size",
@@ -133,7 +136,7 @@ def main() -> None:
                 finished[name] = (time.time() - started) / 60
                 running.remove(entry)
     print(
-        f"shapes ({args.difficulty}), {args.steps} steps, tiny recipe {' '.join(args.set)}; work dir {work}"
+        f"shapes ({args.difficulty}, {args.image_size} px), {args.steps} steps, tiny recipe {' '.join(args.set)}; work dir {work}"
     )
     print(
         f"chance level on the validation set (most common answer per question kind): {chance_level(work / 'data/shapes/validation'):.3f}"

@@ -273,7 +273,9 @@ def test_shapes_is_deterministic_per_seed_and_split(shapes) -> None:
 
 def test_shapes_rows(shapes) -> None:
     items = rows(shapes["a"][1])
-    assert all(item["source"] == "shapes" and item["images"][0].size == (56, 56) for item in items)
+    assert all(
+        item["source"] == "shapes" and item["images"][0].size == (112, 112) for item in items
+    )
     assert all(item["prompt"].endswith("Answer with one word or number.") for item in items)
     for item in items:
         if item["choices"]:

@@ -53,7 +53,10 @@ def prepare(
         "easy",
         help="Generated task difficulty: shapes colour|easy|medium|hard, arithmetic easy|medium|hard.",
     ),
-    image_size: int = typer.Option(56, help="Side in pixels of generated images (shapes)."),
+    image_size: int = typer.Option(
+        112,
+        help="Side in pixels of generated images (shapes; 112 = 16 vision tokens of the tiny model).",
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing complete shard set."
     ),

@@ -2,7 +2,7 @@
 
 It lets the quick start evaluate a policy trained on the tiny recipe with no download:
 ``mgpo eval shapes --subset colour --model runs/tiny/final``. Items come from the prepare stage's generator with
-its defaults (seed 0, 128 test items, 56-pixel images), so they are exactly the prompts
+its defaults (seed 0, 128 test items, 112-pixel images), so they are exactly the prompts
 ``mgpo prepare shapes --split test`` writes, never seen in training (splits use separate random
 streams). ``--subset colour|easy|medium|hard`` picks the generator's difficulty (default easy; the
 quick start trains and evaluates on colour).

@@ -25,7 +25,7 @@ class PrepareOptions:
     seed: int = 0
     size: int | None = None
     difficulty: str = "easy"
-    image_size: int = 56
+    image_size: int = 112
     overwrite: bool = False
 
     def out_dir(self) -> Path:
