@@ -309,6 +309,11 @@ def test_two_processes_match_one_on_the_same_global_batch(
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
         assert a["reward_mean"] == b["reward_mean"]
+        # loss metrics cover every process's micro-batches, not just the main process's
+        assert a["tokens"] == b["tokens"]
+        for key in ("pg_loss", "entropy", "ratio_mean", "ratio_max", "ratio_min"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+        assert a["engine_logprob_mismatch"] == pytest.approx(b["engine_logprob_mismatch"], abs=1e-6)
     assert one[0]["grad_norm"] > 0
     w1, w2 = _weights(single), _weights(double)
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)

@@ -38,7 +38,7 @@ from mgpo_cli.shards import is_complete, open_shards
 from stages.rollout import RolloutOptions, run_rollout
 from stages.score.run import ScoreOptions, run_score, score_pool
 from stages.score.runner import ScorePool
-from stages.train import algos
+from stages.train import algos, loss_metrics
 from stages.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from stages.train.config import TrainConfig
 from stages.train.data_order import Position, take
@@ -324,29 +324,41 @@ class Trainer:
         timings["rollout_rounds"] = float(rounds)
         return batch, {**step_metrics(kept_all, batch), **timings}
 
-    def _slices(self, count: int, size: int) -> list[list[int]]:
-        return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
-
     def frozen_logprobs(
         self, model: Any, rows: list[dict], responses: list[list[int]]
     ) -> list[torch.Tensor]:
         """Per-sample log-probs under ``model`` without gradient: the policy before this step's
-        first update (the old log-probs), or the reference policy for the KL term."""
-        out = []
+        first update (the old log-probs), or the reference policy for the KL term.
+
+        Each process computes every ``world``-th sample, in the same number of forwards (a
+        process short of samples repeats one), and one all-reduce of a zero-filled table shares
+        them: exact, since every entry has a single non-zero contribution.
+        """
+        acc = self.accelerator
+        world, rank = acc.num_processes, acc.process_index
+        mine = list(range(rank, len(rows), world))
+        per_rank = -(-len(rows) // world)
+        size = self.config.optim.micro_batch
+        width = max([len(r) for r in responses] + [1])
+        table = torch.zeros(len(rows), width, device=acc.device)
         with torch.no_grad():
-            for chunk in self._slices(len(rows), self.config.optim.micro_batch):
+            for start in range(0, per_rank, size):
+                chunk = mine[start : start + size]
+                indices = chunk or [0]  # an idle process still runs its share of forwards
                 result = response_logprobs(
                     model,
                     self.io,
-                    [rows[i] for i in chunk],
-                    [responses[i] for i in chunk],
+                    [rows[i] for i in indices],
+                    [responses[i] for i in indices],
                     temperature=self._temperature(),
                     with_entropy=False,
                 )
-                out.extend(
-                    result.logp[k, : len(responses[i])].float().cpu() for k, i in enumerate(chunk)
-                )
-        return out
+                for k, i in enumerate(chunk):
+                    table[i, : len(responses[i])] = result.logp[k, : len(responses[i])].float()
+        if world > 1:
+            table = acc.reduce(table, reduction="sum")
+        table = table.cpu()
+        return [table[i, : len(responses[i])] for i in range(len(rows))]
 
     def _temperature(self) -> float:
         return self.config.rollout.temperature if self.config.rollout.temperature > 0 else 1.0
@@ -377,7 +389,7 @@ class Trainer:
         # separate no-grad forward would only cost time. More steps need them frozen up front.
         if frozen_old is None:
             frozen_old = config.optim.epochs * config.optim.mini_batches > 1
-        old = self.frozen_logprobs(self.policy, sample_rows, responses) if frozen_old else None
+        old = self.frozen_logprobs(self.model, sample_rows, responses) if frozen_old else None
         self.fresh_logprobs: dict[int, torch.Tensor] = {}
         ref = (
             None
@@ -387,7 +399,7 @@ class Trainer:
         timings["logprobs_s"] = time.perf_counter() - started
         started = time.perf_counter()
         order_rng = random.Random(step_seed(config.trainer.seed, self.step, "shuffle"))
-        collected: list[dict[str, float]] = []
+        collected: list[dict[str, float]] = []  # per micro-batch; see loss_metrics
         grad_norms: list[float] = []
         self.losses = []
         count = len(responses)
@@ -406,29 +418,50 @@ class Trainer:
                     )
                 )
         timings["update_s"] = time.perf_counter() - started
-        # trainer vs engine log-probs (on-policy: over this process's samples only)
+        # Trainer vs engine log-probs. On-policy, each process holds the log-probs of the samples
+        # it trained on; frozen, every process holds all of them.
         trainer_logprobs = dict(enumerate(old)) if old is not None else self.fresh_logprobs
         mismatch = [
             float((trainer_logprobs[i] - torch.tensor(engine_logprobs[i])).abs().mean())
             for i in sorted(trainer_logprobs)
             if len(engine_logprobs[i])
         ]
-        metrics = (
-            {k: sum(m[k] for m in collected) / len(collected) for k in collected[0]}
-            if collected
-            else {}
+        metrics = self._step_loss_metrics(collected, len(grad_norms))
+        metrics["engine_logprob_mismatch"] = self._mean_over_samples(
+            mismatch, across_processes=old is None
         )
         metrics.update(timings)
         metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         # The loss of each whole mini-batch (summed over micro-batches and processes), averaged.
         metrics["loss"] = sum(self.losses) / max(len(self.losses), 1)
-        metrics["engine_logprob_mismatch"] = sum(mismatch) / max(len(mismatch), 1)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         tokens = sum(len(r) for r in responses) * config.optim.epochs
         metrics["trainer_tokens_per_s"] = tokens / max(
             timings["update_s"] + timings["logprobs_s"], 1e-9
         )
         return metrics
+
+    def _step_loss_metrics(self, chunks: list[dict[str, float]], steps: int) -> dict[str, float]:
+        """The loss metrics of every micro-batch on every process, as one row (loss_metrics)."""
+        keys, sums, extremes = loss_metrics.local_totals(chunks)
+        acc = self.accelerator
+        if acc.num_processes > 1 and keys:
+            sums = acc.reduce(torch.tensor(sums, dtype=torch.float64, device=acc.device), "sum")
+            extremes = acc.gather(torch.tensor(extremes, dtype=torch.float64, device=acc.device))
+            sums = sums.tolist()
+            extremes = extremes.reshape(acc.num_processes, -1).amax(0).tolist()
+        return loss_metrics.finish_totals(keys, sums, extremes, steps)
+
+    def _mean_over_samples(self, values: list[float], *, across_processes: bool) -> float:
+        """Mean of per-sample values held by this process, or by all processes together."""
+        totals = [sum(values), float(len(values))]
+        acc = self.accelerator
+        if across_processes and acc.num_processes > 1:
+            reduced = acc.reduce(
+                torch.tensor(totals, dtype=torch.float64, device=acc.device), "sum"
+            )
+            totals = reduced.tolist()
+        return totals[0] / max(totals[1], 1.0)
 
     def _optimizer_step(
         self, mini, rows, responses, old, ref, advantages, params, collected
@@ -500,8 +533,7 @@ class Trainer:
                 )
                 acc.backward(loss * world)
             total += loss.detach()
-            if bool(live.any()):
-                collected.append(metrics)
+            collected.append(metrics)  # a masked-off placeholder reports 0 tokens
         grad_norm = acc.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], config.optim.grad_clip
         )
