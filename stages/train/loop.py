@@ -435,6 +435,7 @@ class Trainer:
         # The loss of each whole mini-batch (summed over micro-batches and processes), averaged.
         metrics["loss"] = sum(self.losses) / max(len(self.losses), 1)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["processes"] = float(self.accelerator.num_processes)
         tokens = sum(len(r) for r in responses) * config.optim.epochs
         metrics["trainer_tokens_per_s"] = tokens / max(
             timings["update_s"] + timings["logprobs_s"], 1e-9
