@@ -199,9 +199,6 @@ class Trainer:
         self.step = 0
         self.scorer: ScorePool | None = None  # scoring workers, started on first use
         self.opt_steps = 0
-        self.losses: list[
-            float
-        ] = []  # whole-mini-batch loss of each optimizer step (all processes)
 
     # -- stages, called exactly as the CLI calls them -----------------------------------------
 
@@ -401,7 +398,6 @@ class Trainer:
         order_rng = random.Random(step_seed(config.trainer.seed, self.step, "shuffle"))
         collected: list[dict[str, float]] = []  # per micro-batch; see loss_metrics
         grad_norms: list[float] = []
-        self.losses = []
         count = len(responses)
         for _ in range(config.optim.epochs):
             order = list(range(count))
@@ -426,14 +422,13 @@ class Trainer:
             for i in sorted(trainer_logprobs)
             if len(engine_logprobs[i])
         ]
-        metrics = self._step_loss_metrics(collected, len(grad_norms))
+        # "loss": the mean whole-mini-batch loss (all micro-batches, all processes); 0 if none ran
+        metrics = {"loss": 0.0, **self._step_loss_metrics(collected, len(grad_norms))}
         metrics["engine_logprob_mismatch"] = self._mean_over_samples(
             mismatch, across_processes=old is None
         )
         metrics.update(timings)
         metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
-        # The loss of each whole mini-batch (summed over micro-batches and processes), averaged.
-        metrics["loss"] = sum(self.losses) / max(len(self.losses), 1)
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["processes"] = float(self.accelerator.num_processes)
         tokens = sum(len(r) for r in responses) * config.optim.epochs
@@ -447,22 +442,23 @@ class Trainer:
         keys, sums, extremes = loss_metrics.local_totals(chunks)
         acc = self.accelerator
         if acc.num_processes > 1 and keys:
-            sums = acc.reduce(torch.tensor(sums, dtype=torch.float64, device=acc.device), "sum")
+            sums = self._sum_across_processes(sums)
             extremes = acc.gather(torch.tensor(extremes, dtype=torch.float64, device=acc.device))
-            sums = sums.tolist()
             extremes = extremes.reshape(acc.num_processes, -1).amax(0).tolist()
         return loss_metrics.finish_totals(keys, sums, extremes, steps)
 
     def _mean_over_samples(self, values: list[float], *, across_processes: bool) -> float:
         """Mean of per-sample values held by this process, or by all processes together."""
         totals = [sum(values), float(len(values))]
-        acc = self.accelerator
-        if across_processes and acc.num_processes > 1:
-            reduced = acc.reduce(
-                torch.tensor(totals, dtype=torch.float64, device=acc.device), "sum"
-            )
-            totals = reduced.tolist()
+        if across_processes and self.accelerator.num_processes > 1:
+            totals = self._sum_across_processes(totals)
         return totals[0] / max(totals[1], 1.0)
+
+    def _sum_across_processes(self, values: list[float]) -> list[float]:
+        """Element-wise sum of a small vector over all processes (float64, one all-reduce)."""
+        acc = self.accelerator
+        tensor = torch.tensor(values, dtype=torch.float64, device=acc.device)
+        return acc.reduce(tensor, reduction="sum").tolist()
 
     def _optimizer_step(
         self, mini, rows, responses, old, ref, advantages, params, collected
@@ -493,7 +489,6 @@ class Trainer:
         ]
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.opt_steps, config)
-        total = torch.zeros((), device=acc.device)
         for k, chunk in enumerate(micro):
             indices = [i if i is not None else mini[0] for i in chunk]
             live = torch.tensor([i is not None for i in chunk], device=acc.device)
@@ -533,7 +528,6 @@ class Trainer:
                     **extra,
                 )
                 acc.backward(loss * world)
-            total += loss.detach()
             collected.append(metrics)  # a masked-off placeholder reports 0 tokens
         grad_norm = acc.clip_grad_norm_(
             [p for p in self.model.parameters() if p.requires_grad], config.optim.grad_clip
@@ -541,7 +535,6 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.opt_steps += 1
-        self.losses.append(float(acc.reduce(total, reduction="sum")))
         return float(grad_norm)
 
     def _prompt_rows(self, ids: set[str]) -> dict[str, dict]:

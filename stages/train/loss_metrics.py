@@ -46,9 +46,9 @@ def local_totals(
             sums.append(sum(float(c[key]) for c in chunks))
         else:
             sums.append(sum(float(c[key]) * float(c["tokens"]) for c in chunks))
-    valid = [c for c in chunks if c["tokens"] > 0]
     if LARGEST not in chunks[0] or SMALLEST not in chunks[0]:
         return keys, sums, []
+    valid = [c for c in chunks if c["tokens"] > 0]
     extremes = [
         max((c[LARGEST] for c in valid), default=-math.inf),
         -min((c[SMALLEST] for c in valid), default=math.inf),
