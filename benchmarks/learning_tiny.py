@@ -43,7 +43,7 @@ def mgpo(*args: str) -> list[str]:
 
 def chance_level(validation: Path) -> float:
     """Accuracy of always giving the most common answer of each question kind (image-blind best)."""
-    from mgpo_cli.shards import open_shards
+    from stages.shards import open_shards
 
     answers: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     total = 0

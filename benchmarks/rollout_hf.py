@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from mgpo_cli.models import load_policy
-from mgpo_cli.tiny import build_tiny_model
+from stages.models.loading import load_policy
+from stages.models.tiny import build_tiny_model
 from stages.rollout.engine_hf import HFEngine
 
 

@@ -86,8 +86,8 @@ def main() -> None:
         spec.loader.exec_module(shim)
         shim.install()
 
-    from mgpo_cli.models import load_policy
-    from mgpo_cli.tiny import build_tiny_model
+    from stages.models.loading import load_policy
+    from stages.models.tiny import build_tiny_model
     from stages.rollout.engine_hf import HFEngine
     from stages.rollout.engine_vllm import VLLMEngine
 

@@ -176,7 +176,7 @@ def trl_dataset(data: str) -> tuple[Any, dict]:
     """Our prompt shards as a TRL conversational dataset with an ``images`` column."""
     from datasets import Dataset
 
-    from mgpo_cli.shards import open_shards, prompt_row
+    from stages.shards import open_shards, prompt_row
 
     rows = [prompt_row(r) for r in open_shards(data, "prompts").iter_rows()]
     for row in rows:  # TRL puts the images before the text: so do the shapes prompts
@@ -195,7 +195,7 @@ def check_same_prompt_tokens(path: str, processor: Any, row: dict) -> None:
     """TRL's prompt encoding must equal ours, or the two runs do not train on the same inputs."""
     from trl.data_utils import prepare_multimodal_messages
 
-    from mgpo_cli.models import load_policy
+    from stages.models.loading import load_policy
 
     _, io = load_policy(path, dtype="float32")
     ours = io.encode([row]).inputs["input_ids"][0].tolist()
@@ -408,7 +408,7 @@ def main() -> None:
         raise SystemExit("--steps must be at least 2 (step 1 is warm-up)")
     if (args.prompts * args.n) % args.mini_batches:
         raise SystemExit("--prompts x --n must divide into --mini-batches")
-    from mgpo_cli.tiny import cache_root, tiny_model_path
+    from stages.models.tiny import cache_root, tiny_model_path
 
     python = ensure_trl(args.venv or cache_root() / "venv-trl", args.trl)
     s = settings_from(args)

@@ -1,3 +1,5 @@
-"""mgpo: reinforcement learning for vision-language models on verifiable math (shared CLI helpers)."""
+"""The ``mgpo`` command line: a Typer shell over the pipeline library in :mod:`stages`."""
 
-__version__ = "0.1.0"
+from stages import __version__
+
+__all__ = ["__version__"]

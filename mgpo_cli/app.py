@@ -1,7 +1,7 @@
 """The ``mgpo`` command line: one Typer app, one command per pipeline stage.
 
 Commands live in :mod:`mgpo_cli.commands`; each imports its stage lazily so ``mgpo --help`` stays
-fast. User errors (:class:`~mgpo_cli.errors.MgpoError`) become one line on stderr and exit code 2.
+fast. User errors (:class:`~stages.errors.MgpoError`) become one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import sys
 
 import typer
 
-from mgpo_cli import __version__
 from mgpo_cli.commands import eval as eval_command
 from mgpo_cli.commands import models, prepare, report, rollout, score, shards, train
-from mgpo_cli.errors import MgpoError
+from stages import __version__
+from stages.errors import MgpoError
 
 app = typer.Typer(
     name="mgpo",

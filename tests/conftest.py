@@ -15,7 +15,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``MGPO_CACHE`` points at that cache for the session, so ``--model tiny`` (in-process or in
     a CLI subprocess) finds this build instead of writing to ``~/.cache``.
     """
-    from mgpo_cli.tiny import tiny_model_path
+    from stages.models.tiny import tiny_model_path
 
     root = tmp_path_factory.mktemp("mgpo-cache")
     os.environ["MGPO_CACHE"] = str(root)
@@ -25,6 +25,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_policy(tiny_model_dir: Path):
     """``(model, io)`` of the tiny model, loaded once; tests must not change its weights."""
-    from mgpo_cli.models import load_policy
+    from stages.models.loading import load_policy
 
     return load_policy(str(tiny_model_dir), dtype="float32")

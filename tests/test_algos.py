@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.train import advantages as adv_mod
 from stages.train import algos
 

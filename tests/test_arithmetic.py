@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.shards import open_shards
+from stages.errors import MgpoError
 from stages.prepare import PrepareOptions, run_prepare
 from stages.prepare.arithmetic import DIFFICULTIES, Num, Op, evaluate, generate, render, split_of
 from stages.score.last_number import last_number, last_number_reward
+from stages.shards import open_shards
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 import pytest
 
-from mgpo_cli.config import (
+from stages.config import (
     apply_overrides,
     build,
     field_names,
@@ -17,7 +17,7 @@ from mgpo_cli.config import (
     parse_override,
     to_dict,
 )
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.models import load_policy
+from stages.errors import MgpoError
+from stages.models.loading import load_policy
 from stages.rollout.engine_hf import HFEngine, nucleus_filter
 
 
@@ -153,7 +153,7 @@ def test_sampled_mode_reports_the_renormalised_distribution(tiny_policy):
 
 
 def test_update_weights_and_load_state_dict(tmp_path: Path, tiny_model_dir):
-    from mgpo_cli.tiny import build_tiny_model
+    from stages.models.tiny import build_tiny_model
 
     other_dir = build_tiny_model(tmp_path / "seed1", seed=1)
     target, io = load_policy(str(tiny_model_dir))

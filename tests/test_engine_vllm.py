@@ -28,8 +28,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.tiny import build_tiny_model
+from stages.errors import MgpoError
+from stages.models.tiny import build_tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def tiny_vllm_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(tiny_vllm_dir):
     """``(model, io)`` in transformers, float32: the teacher-forced reference."""
-    from mgpo_cli.models import load_policy
+    from stages.models.loading import load_policy
 
     return load_policy(str(tiny_vllm_dir), dtype="float32")
 
@@ -248,10 +248,10 @@ def test_update_weights_moves_the_logprobs_to_the_new_weights(engine, reference)
 
 def test_rollout_stage_writes_rollout_shards(engine, reference, tmp_path):
     """``run_rollout`` on the built-in shapes task with the live engine, as the trainer calls it."""
-    from mgpo_cli.schemas import ROLLOUTS
-    from mgpo_cli.shards import open_shards, prompt_row
     from stages.prepare import PrepareOptions, run_prepare
     from stages.rollout.run import RolloutOptions, run_rollout
+    from stages.schemas import ROLLOUTS
+    from stages.shards import open_shards, prompt_row
 
     prompts = run_prepare(PrepareOptions("shapes", limit=4, out=str(tmp_path / "prompts")))
     options = RolloutOptions(
@@ -299,7 +299,7 @@ def test_training_with_vllm_rollouts_hands_each_update_to_the_engine(
     import json
 
     from helpers import run_cli
-    from mgpo_cli.shards import open_shards, prompt_row
+    from stages.shards import open_shards, prompt_row
 
     prepared = run_cli("prepare", "shapes", "--size", "8", "--out", tmp_path / "train")
     assert prepared.returncode == 0, prepared.stderr

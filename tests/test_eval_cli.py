@@ -25,10 +25,10 @@ from eval_fixtures import (
     write_wemath,
 )
 from helpers import assert_user_error, run_cli, run_main
-from mgpo_cli.shards import open_shards, write_shards
 from stages.eval import SUITE, get_benchmark, read_summary
 from stages.eval.run import PREDICTIONS
 from stages.score.short_answer import short_answer_reward
+from stages.shards import open_shards, write_shards
 
 FAST = ("--limit", "2", "--max-new-tokens", "4", "--workers", "1", "--batch-size", "4")
 ROLLOUT_COLUMNS = ("response_ids", "logprobs", "finish_reason", "policy_step")

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.eval import Judge, get_benchmark
 from stages.eval.judge import parse_reply
 

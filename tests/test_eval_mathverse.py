@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eval_fixtures import mathverse_record, write_mathverse
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.eval import get_benchmark, score_rows
 from stages.eval.mathverse import parse_choices
 

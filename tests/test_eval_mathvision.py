@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eval_fixtures import mathvision_record, write_mathvision
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.eval import get_benchmark, score_rows
 
 BENCH = get_benchmark("mathvision")

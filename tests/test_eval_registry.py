@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eval_fixtures import png, write_geometry3k
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.eval import BENCHMARKS, SUITE, get_benchmark, resolve, score_rows
 
 SIZES = {

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from helpers import assert_user_error, run_main
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.gguf_import import PROVENANCE_FILE, import_gguf, smollm2_gguf
+from stages.errors import MgpoError
+from stages.models.gguf_import import PROVENANCE_FILE, import_gguf, smollm2_gguf
 
 gguf = pytest.importorskip("gguf")
 
@@ -172,7 +172,7 @@ def test_tokenizer_and_chat_template_round_trip(source, imported: Path) -> None:
 
 
 def test_imported_folder_loads_as_a_text_policy_and_generates(imported: Path) -> None:
-    from mgpo_cli.models import load_policy
+    from stages.models.loading import load_policy
 
     model, io = load_policy(str(imported), dtype="float32")
     assert type(io).__name__ == "TextIO"

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from helpers import run_cli
-from mgpo_cli.shards import open_shards
+from stages.shards import open_shards
 
 STEPS = 150
 MARGIN = 0.30  # required lift over the image-blind chance level

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.train.logprobs import logprobs_from_hidden, logprobs_from_logits
 
 F64 = torch.float64

@@ -11,12 +11,12 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.logprobs import response_logprobs, token_logprobs
-from mgpo_cli.models import load_policy, resolve_model
-from mgpo_cli.policy_io import TextIO, VisionIO, split_prompt
-from mgpo_cli.processor import QwenVLImageProcessor, expand_image_tokens
-from mgpo_cli.tiny import (
+from stages.errors import MgpoError
+from stages.models.loading import load_policy, resolve_model
+from stages.models.logprobs import response_logprobs, token_logprobs
+from stages.models.policy_io import TextIO, VisionIO, split_prompt
+from stages.models.processor import QwenVLImageProcessor, expand_image_tokens
+from stages.models.tiny import (
     FORMAT_TOKENS,
     SPECIAL_TOKENS,
     build_tiny_model,

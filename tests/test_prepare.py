@@ -30,8 +30,8 @@ from helpers import (
     write_geometry3k_parquet,
 )
 from mgpo_cli import __version__
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.shards import MANIFEST, open_shards, prompt_row, staging_dir
+from stages.errors import MgpoError
+from stages.shards import MANIFEST, open_shards, prompt_row, staging_dir
 
 DEFAULT_MIN, DEFAULT_MAX = 262_144, 4_194_304  # geometry3k's pixel bounds
 SIZES = [(64, 48), (300, 200), (120, 120), (10, 400)]  # below, above, inside, thin

@@ -67,7 +67,7 @@ MGPO_ONLY = {"blend_frac", "alpha_mean"}
 
 def resolved_config(algo: str, alpha: float | str, beta: float, run_dir: str) -> dict:
     """What ``mgpo train --recipe tiny --algo ALGO ...`` saves as RUN/config.json."""
-    from mgpo_cli.config import build, load_recipe, to_dict
+    from stages.config import build, load_recipe, to_dict
     from stages.train.config import TrainConfig
 
     data = load_recipe("tiny")

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from helpers import assert_nothing_left, assert_user_error, cli_command, cli_env, run_main
-from mgpo_cli.schemas import ROLLOUTS
-from mgpo_cli.shards import open_shards, prompt_row, staging_dir, write_shards
+from stages.schemas import ROLLOUTS
+from stages.shards import open_shards, prompt_row, staging_dir, write_shards
 
 pytestmark = pytest.mark.usefixtures("tiny_model_dir")
 

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.score import runner
 from stages.score.extract import has_think_format, last_boxed
 from stages.score.math_reward import clean_answer, is_correct, math_reward

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pytest
 
 from helpers import assert_nothing_left, assert_user_error, run_cli, run_main
-from mgpo_cli.shards import open_shards, staging_dir, write_shards
+from stages.shards import open_shards, staging_dir, write_shards
 
 pytestmark = pytest.mark.usefixtures("tiny_model_dir")
 

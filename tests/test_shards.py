@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from helpers import REPO
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.schemas import KINDS, SCHEMA_VERSION
-from mgpo_cli.shards import (
+from stages.errors import MgpoError
+from stages.schemas import KINDS, SCHEMA_VERSION
+from stages.shards import (
     MANIFEST,
     ShardWriter,
     open_shards,
@@ -410,7 +410,7 @@ def test_empty_or_incomplete_directories_are_replaced(tmp_path: Path) -> None:
 KILLED_WRITER = textwrap.dedent(
     """
     import os, signal, sys
-    from mgpo_cli.shards import ShardWriter
+    from stages.shards import ShardWriter
     out = sys.argv[1]
     writer = ShardWriter(out, "scores", producer={"command": "killed"}, rows_per_part=2)
     for i in range(5):  # two full parts, one buffered row

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from helpers import run_main
-from mgpo_cli.shards import open_shards
 from stages.score import last_number
+from stages.shards import open_shards
 
 REWARD = f"{last_number.__file__}:last_number_reward"
 
@@ -54,8 +54,8 @@ def test_rollout_and_score_a_text_only_prompt(
 
 def test_text_only_prompt_encodes_without_vision_tokens(prompts: Path, tiny_policy) -> None:
     """The image-text model sees a text-only row as the text model does: no vision block."""
-    from mgpo_cli.models import load_policy
-    from mgpo_cli.shards import prompt_row
+    from stages.models.loading import load_policy
+    from stages.shards import prompt_row
 
     row = prompt_row(next(iter(open_shards(prompts, "prompts").iter_rows())))
     assert row["images"] == []

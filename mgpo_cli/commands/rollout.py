@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mgpo_cli.console import Console
+from stages.console import Console
 
 
 def rollout(
@@ -50,9 +50,8 @@ def rollout(
 
     Parts are written per batch of prompts; rerunning after a kill resumes where it stopped.
     """
-    from mgpo_cli.errors import MgpoError
-    from stages.rollout import RolloutOptions, run_rollout
-    from stages.rollout.backends import BACKENDS
+    from stages.errors import MgpoError
+    from stages.rollout import BACKENDS, RolloutOptions, run_rollout
 
     if backend not in BACKENDS:
         raise MgpoError(f"--backend {backend}: unknown backend (choose from {', '.join(BACKENDS)})")

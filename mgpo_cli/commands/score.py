@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mgpo_cli.console import Console
+from stages.console import Console
 
 
 def score(
@@ -35,7 +35,7 @@ def score(
     ),
 ) -> None:
     """Score rollouts: reward, its components (format, accuracy, ...) and the answer read."""
-    from stages.score.run import ScoreOptions, run_score
+    from stages.score import ScoreOptions, run_score
 
     summary = run_score(
         ScoreOptions(

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from mgpo_cli.console import Console
-from mgpo_cli.shards import open_shards
+from stages.console import Console
+from stages.shards import open_shards
 
 
 def _cell(value, width: int = 60) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mgpo_cli.console import Console
+from stages.console import Console
 
 DEFAULT_RECIPE = "qwen2_5_vl_3b"
 
@@ -17,7 +17,7 @@ def _alpha(value: str | None) -> float | str | None:
     try:
         return float(value)
     except ValueError:
-        from mgpo_cli.errors import MgpoError
+        from stages.errors import MgpoError
 
         raise MgpoError(f"--alpha {value}: expected a number in [0, 1] or 'dyn'") from None
 
@@ -72,8 +72,8 @@ def train(
     """
     import json
 
-    from mgpo_cli.config import apply_overrides, build, load_recipe, parse_override, to_dict
-    from stages.train.config import TrainConfig
+    from stages.config import apply_overrides, build, load_recipe, parse_override, to_dict
+    from stages.train import TrainConfig
 
     data_dict = load_recipe(recipe)
     overrides = [parse_override(text) for text in set_]
@@ -93,7 +93,7 @@ def train(
     if show_config:
         typer.echo(json.dumps(to_dict(config), indent=2, default=str))
         return
-    from stages.train.loop import run_train
+    from stages.train import run_train
 
     out = run_train(config, resume=resume, overwrite=overwrite)
     Console().print(f"[green]run written to {out}[/] (final policy: {out / 'final'})")

@@ -20,20 +20,34 @@ from stages.eval.benchmark import (
 )
 from stages.eval.judge import Judge
 from stages.eval.registry import ALL, BENCHMARKS, SUITE, get_benchmark, resolve
-from stages.eval.summary import read_summary, render, results_table, write_summary
+from stages.eval.run import EvalOptions, run_eval
+from stages.eval.summary import (
+    average,
+    columns,
+    percent,
+    read_summary,
+    render,
+    results_table,
+    write_summary,
+)
 from stages.eval.timed import score_rows_timed
 
 __all__ = [
     "ALL",
     "BENCHMARKS",
     "DEFAULT_TEMPLATE",
+    "EvalOptions",
     "SUITE",
     "Benchmark",
     "Judge",
+    "average",
+    "columns",
+    "percent",
     "get_benchmark",
     "read_summary",
     "render",
     "resolve",
+    "run_eval",
     "results_table",
     "score_rows",
     "score_rows_timed",

@@ -17,8 +17,7 @@ import math
 import re
 import threading
 
-from stages.score.extract import last_boxed
-from stages.score.math_reward import answers_match
+from stages.score import answers_match, last_boxed
 
 _THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
 _TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)

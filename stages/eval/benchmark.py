@@ -13,11 +13,10 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.eval import sources
 
 # The training prompt template (think, then \\boxed{}), so eval asks exactly as training did.
@@ -94,7 +93,7 @@ class Benchmark:
     ) -> list[Row]:
         """Prompt rows of one split (hub, or the local copy ``source``), optionally a subset.
 
-        ``template`` is a built-in prompt template name (``mgpo_cli/templates``) or a Jinja file;
+        ``template`` is a built-in prompt template name (``stages/prompt_templates``) or a Jinja file;
         it receives the benchmark's standard query as ``problem`` (choices already in it).
         """
         split = self.check_options(split, subset, query)
@@ -185,36 +184,15 @@ def choice_lines(choices: Sequence[str]) -> str:
 
 
 def prompt_template(name_or_path: str) -> Callable[[str], str]:
-    """Render function of a built-in template (``mgpo_cli/templates/NAME.jinja``) or a Jinja file.
+    """Render function of a built-in prompt template (``stages/prompt_templates``) or a Jinja file.
 
     Templates see ``problem`` and ``choices`` as in ``mgpo prepare``; benchmark queries already
     list their choices, so ``choices`` is empty here.
     """
-    import jinja2
+    from stages.prompt_templates import load_template, render
 
-    path = Path(name_or_path)
-    builtin = resources.files("mgpo_cli") / "templates" / f"{name_or_path}.jinja"
-    if path.is_file():
-        text = path.read_text(encoding="utf-8")
-    elif builtin.is_file():
-        text = builtin.read_text(encoding="utf-8")
-    else:
-        raise MgpoError(f"--template '{name_or_path}' is neither a file nor a built-in template")
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
-    try:
-        template = env.from_string(text.strip())
-    except jinja2.TemplateSyntaxError as error:
-        raise MgpoError(
-            f"--template {name_or_path}: line {error.lineno}: {error.message}"
-        ) from None
-
-    def render(problem: str) -> str:
-        try:
-            return template.render(problem=problem, choices=[])
-        except jinja2.UndefinedError as error:
-            raise MgpoError(f"--template {name_or_path}: {error.message}") from None
-
-    return render
+    template = load_template(name_or_path)
+    return lambda problem: render(template, problem, None)
 
 
 def scored_record(row: Row, response: str, result: Mapping[str, Any], sample: int = 0) -> Row:
@@ -270,6 +248,23 @@ def meta_field(name: str) -> Callable[[Row], list[Any]]:
         return list(value) if isinstance(value, (list, tuple)) else [value]
 
     return keys
+
+
+def accuracy_summary(
+    breakdown_keys: Sequence[str] = (),
+) -> Callable[[Sequence[Row]], dict[str, Any]]:
+    """The summary most benchmarks give: overall accuracy as the headline, and accuracy per group
+    of each ``meta`` field in ``breakdown_keys``."""
+
+    def summarise(rows: Sequence[Row]) -> dict[str, Any]:
+        overall = accuracy(rows)
+        return {
+            **overall,
+            "headline": {"accuracy": overall["accuracy"]},
+            "breakdowns": {key: breakdown(rows, meta_field(key)) for key in breakdown_keys},
+        }
+
+    return summarise
 
 
 def score_rows(

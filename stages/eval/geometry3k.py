@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from stages.eval.answers import last_boxed
-from stages.eval.benchmark import Benchmark, Row, accuracy
-from stages.score.math_reward import is_correct
+from stages.eval.benchmark import Benchmark, Row, accuracy_summary
+from stages.score import is_correct
 
 SPLITS = {"train": 2101, "validation": 300, "test": 601}
 
@@ -44,11 +44,6 @@ def check(row: Row, extracted: str | None) -> dict[str, Any]:
     return {"correct": correct, "normalised": (extracted or "").strip()}
 
 
-def summarise(rows: list[Row]) -> dict[str, Any]:
-    overall = accuracy(rows)
-    return {**overall, "headline": {"accuracy": overall["accuracy"]}, "breakdowns": {}}
-
-
 def judge_hint(row: Row) -> str:
     return "the final answer (a number or expression) the response gives"
 
@@ -62,7 +57,7 @@ BENCHMARK = Benchmark(
     image_columns=("images",),
     extract=extract,
     check=check,
-    summarise_rows=summarise,
+    summarise_rows=accuracy_summary(),
     judge_hint=judge_hint,
     notes="the training reward's accuracy (last boxed answer, math-verify)",
 )

@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 
 _MAX_RESPONSE_CHARS = 6000  # the answer is at the end; long reasoning only costs tokens
 _NULL = {"", "null", "none", "n/a", "no answer"}

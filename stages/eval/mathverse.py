@@ -36,9 +36,7 @@ from stages.eval.benchmark import (
     Benchmark,
     Row,
     Subset,
-    accuracy,
-    breakdown,
-    meta_field,
+    accuracy_summary,
 )
 
 BREAKDOWN_KEYS = ("problem_version", "subject", "subfield", "question_type")
@@ -117,15 +115,6 @@ def check(row: Row, extracted: str | None) -> dict[str, Any]:
     return {"correct": math_equal(answer, extracted), "normalised": extracted.strip()}
 
 
-def summarise(rows: list[Row]) -> dict[str, Any]:
-    overall = accuracy(rows)
-    return {
-        **overall,
-        "headline": {"accuracy": overall["accuracy"]},
-        "breakdowns": {key: breakdown(rows, meta_field(key)) for key in BREAKDOWN_KEYS},
-    }
-
-
 def judge_hint(row: Row) -> str:
     if str(row["meta"].get("question_type", "")).startswith("multi"):
         return "the option letter the response chooses"
@@ -141,7 +130,7 @@ BENCHMARK = Benchmark(
     image_columns=("image",),
     extract=extract,
     check=check,
-    summarise_rows=summarise,
+    summarise_rows=accuracy_summary(BREAKDOWN_KEYS),
     judge_hint=judge_hint,
     hub_configs={"testmini": "testmini"},
     subsets={name: Subset("problem_version", (value,)) for name, value in VERSIONS.items()},

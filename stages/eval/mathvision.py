@@ -29,10 +29,8 @@ from stages.eval.answers import choice_letter, final_answer, math_equal, unwrap_
 from stages.eval.benchmark import (
     Benchmark,
     Row,
-    accuracy,
-    breakdown,
+    accuracy_summary,
     choice_lines,
-    meta_field,
 )
 
 BREAKDOWN_KEYS = ("level", "subject")
@@ -85,15 +83,6 @@ def check(row: Row, extracted: str | None) -> dict[str, Any]:
     return {"correct": math_equal(answer, text, DECIMALS), "normalised": text}
 
 
-def summarise(rows: list[Row]) -> dict[str, Any]:
-    overall = accuracy(rows)
-    return {
-        **overall,
-        "headline": {"accuracy": overall["accuracy"]},
-        "breakdowns": {key: breakdown(rows, meta_field(key)) for key in BREAKDOWN_KEYS},
-    }
-
-
 def judge_hint(row: Row) -> str:
     if row.get("choices"):
         return "the option letter (or the option's value) the response chooses"
@@ -109,7 +98,7 @@ BENCHMARK = Benchmark(
     image_columns=("decoded_image", "image"),
     extract=extract,
     check=check,
-    summarise_rows=summarise,
+    summarise_rows=accuracy_summary(BREAKDOWN_KEYS),
     judge_hint=judge_hint,
     notes="math-verify at 2 decimals in place of latex2sympy",
 )

@@ -44,10 +44,8 @@ from stages.eval.answers import (
 from stages.eval.benchmark import (
     Benchmark,
     Row,
-    accuracy,
-    breakdown,
+    accuracy_summary,
     choice_lines,
-    meta_field,
 )
 
 BREAKDOWN_KEYS = (
@@ -190,15 +188,6 @@ def check(row: Row, extracted: str | None) -> dict[str, Any]:
     return {"correct": correct, "normalised": prediction or ""}
 
 
-def summarise(rows: list[Row]) -> dict[str, Any]:
-    overall = accuracy(rows)
-    return {
-        **overall,
-        "headline": {"accuracy": overall["accuracy"]},
-        "breakdowns": {key: breakdown(rows, meta_field(key)) for key in BREAKDOWN_KEYS},
-    }
-
-
 def judge_hint(row: Row) -> str:
     if row["meta"].get("question_type") == "multi_choice":
         return "the option letter or the option text the response chooses"
@@ -214,7 +203,7 @@ BENCHMARK = Benchmark(
     image_columns=("decoded_image", "image"),
     extract=extract,
     check=check,
-    summarise_rows=summarise,
+    summarise_rows=accuracy_summary(BREAKDOWN_KEYS),
     judge_hint=judge_hint,
     notes="rules read the answer instead of GPT-4; unmatched text maps to a choice only when close",
 )

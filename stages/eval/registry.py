@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.eval import geometry3k, mathverse, mathvision, mathvista, shapes, wemath
 from stages.eval.benchmark import Benchmark
 

@@ -19,261 +19,34 @@ whose results all exist is never loaded), and reused across its benchmarks.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-from mgpo_cli.console import console
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.schemas import EVAL, ROLLOUTS
-from mgpo_cli.shards import (
+from stages.console import console
+from stages.errors import MgpoError
+from stages.eval.plan import (
+    PREDICTIONS,
+    PROMPT_KEYS,
+    SETTINGS,
+    SUMMARY,
+    EvalOptions,
+    Pair,
+    plan,
+)
+from stages.eval.summary import read_summary, write_summary
+from stages.eval.targets import EvalModel
+from stages.shards import (
     ShardWriter,
     is_complete,
     open_shards,
     staging_dir,
     write_json_atomic,
 )
-from stages.eval.benchmark import Benchmark
-from stages.eval.registry import resolve
-from stages.eval.summary import read_summary, write_summary
-from stages.eval.targets import EvalModel, resolve_models
 
-SETTINGS = "settings.json"
-SUMMARY = "summary.json"
-# Image bounds per benchmark, as the paper's framework feeds its evaluation (and ``mgpo prepare
-# geometry3k`` its training data); shapes keeps its drawings as they are, as prepare does.
-DEFAULT_PIXELS = (262_144, 4_194_304)
-PIXELS: dict[str, tuple[int, int]] = {"shapes": (0, 1 << 40)}
-# Settings that decide the prompts (the rest decide responses and scores).
-PROMPT_KEYS = ("bench", "split", "subset", "query", "limit", "source", "min_pixels", "max_pixels")
-# Eval shards: the rollout columns, then the score and the benchmark fields of each item.
-PREDICTIONS = pa.schema(
-    list(ROLLOUTS)
-    + [f for f in EVAL if f.name not in ROLLOUTS.names]
-    + [
-        pa.field("normalised", pa.string()),
-        pa.field("via", pa.string()),
-        pa.field("answer", pa.string()),
-        pa.field("source", pa.string()),
-        pa.field("meta", pa.string()),
-    ]
-)
-
-
-@dataclass(frozen=True)
-class EvalOptions:
-    """Everything ``mgpo eval`` was asked for."""
-
-    bench: str  # a benchmark name, or "all" for the paper's suite
-    models: tuple[str, ...]
-    backend: str = "hf"
-    split: str | None = None
-    subset: str | None = None
-    query: str | None = None
-    limit: int | None = None
-    source: str | None = None  # the benchmark's local copy; with "all", a folder of BENCH folders
-    out: str = "evals"
-    judge: str | None = None
-    judge_model: str | None = None
-    workers: int = 4
-    timeout_s: float = 10.0
-    max_new_tokens: int = 2048
-    batch_size: int = 16
-    n: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    overwrite: bool = False
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One model on one benchmark: its folder and the settings that must match to reuse it."""
-
-    model: EvalModel
-    bench: Benchmark
-    folder: Path
-    settings: dict[str, Any]
-
-    @property
-    def prompts(self) -> Path:
-        return self.folder / "prompts"
-
-    @property
-    def rollouts(self) -> Path:
-        return self.folder / "rollouts"
-
-    @property
-    def predictions(self) -> Path:
-        return self.folder / "predictions"
-
-    def prompt_key(self) -> str:
-        return json.dumps({k: self.settings[k] for k in PROMPT_KEYS}, sort_keys=True)
-
-    def saved_settings(self) -> dict[str, Any] | None:
-        try:
-            return json.loads((self.folder / SETTINGS).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def finished(self) -> bool:
-        return (
-            self.saved_settings() == self.settings
-            and is_complete(self.predictions)
-            and (self.folder / SUMMARY).is_file()
-        )
-
-
-# ------------------------------------------------------------------------------ checking input
-
-
-def check_options(options: EvalOptions) -> None:
-    for name, value in (
-        ("--limit", options.limit),
-        ("--max-new-tokens", options.max_new_tokens),
-        ("--batch-size", options.batch_size),
-        ("-n", options.n),
-        ("--workers", options.workers),
-        ("--timeout", options.timeout_s),
-    ):
-        if value is not None and value <= 0:
-            raise MgpoError(f"{name} must be positive, got {value}")
-    if options.temperature < 0:
-        raise MgpoError(f"--temperature must be >= 0, got {options.temperature}")
-    if options.n > 1 and options.temperature == 0:
-        raise MgpoError(
-            f"-n {options.n} with greedy decoding repeats one answer; set --temperature"
-        )
-    if not 0 < options.top_p <= 1:
-        raise MgpoError(f"--top-p must be in (0, 1], got {options.top_p}")
-    from stages.rollout.backends import BACKENDS
-
-    if options.backend not in BACKENDS:
-        raise MgpoError(
-            f"--backend {options.backend}: unknown backend (choose from {', '.join(BACKENDS)})"
-        )
-
-
-def bench_source(bench: Benchmark, options: EvalOptions, several: bool) -> str | None:
-    """The local copy of ``bench``: ``--source`` itself, or ``--source/BENCH`` for several."""
-    from stages.eval.shapes import GeneratedBenchmark
-
-    if options.source is None:
-        return None
-    if isinstance(bench, GeneratedBenchmark) and not several:
-        raise MgpoError(f"{bench.name} is generated locally: --source does not apply")
-    root = Path(options.source).expanduser()
-    if not root.exists():
-        raise MgpoError(f"--source {options.source}: no such file or directory")
-    if not several:
-        return str(root.resolve())
-    folder = root / bench.name
-    if not folder.is_dir():
-        raise MgpoError(
-            f"--source {options.source}: no folder {bench.name}/ in it (with several benchmarks"
-            " --source holds one folder per benchmark)"
-        )
-    return str(folder.resolve())
-
-
-def check_source_split(bench: Benchmark, source: str | None, split: str) -> None:
-    """A local folder must hold the split asked for (before any model loads)."""
-    from stages.eval.sources import split_files
-
-    if source is not None and Path(source).is_dir():
-        split_files(Path(source), split, list(bench.splits))
-
-
-def pair_settings(
-    bench: Benchmark, model: EvalModel, options: EvalOptions, source: str | None
-) -> dict[str, Any]:
-    split = bench.check_options(options.split, options.subset, options.query)
-    low, high = PIXELS.get(bench.name, DEFAULT_PIXELS)
-    low = low if options.min_pixels is None else options.min_pixels
-    high = high if options.max_pixels is None else options.max_pixels
-    if low > high:
-        raise MgpoError(f"--min-pixels {low} is larger than --max-pixels {high}")
-    return {
-        "bench": bench.name,
-        "split": split,
-        "subset": options.subset,
-        "query": options.query or bench.queries[0],
-        "limit": options.limit,
-        "source": source,
-        "min_pixels": low,
-        "max_pixels": high,
-        "model": model.load,
-        "model_fingerprint": model.fingerprint,
-        "backend": options.backend,
-        "dtype": options.dtype,
-        "n": options.n,
-        "temperature": options.temperature,
-        "top_p": options.top_p,
-        "max_new_tokens": options.max_new_tokens,
-        "seed": options.seed,
-        "judge": options.judge,
-        "judge_model": options.judge_model,
-    }
-
-
-def check_reusable(pair: Pair, overwrite: bool) -> None:
-    """Refuse a folder evaluated with other settings (or not ours) unless ``overwrite``."""
-    if overwrite or not pair.folder.exists():
-        return
-    saved = pair.saved_settings()
-    if saved is None:
-        if any(pair.folder.iterdir()):
-            raise MgpoError(
-                f"{pair.folder}: exists and is not an mgpo eval folder (pass --overwrite)"
-            )
-        return
-    if saved != pair.settings:
-        changed = [
-            k for k in sorted({*saved, *pair.settings}) if saved.get(k) != pair.settings.get(k)
-        ]
-        detail = ", ".join(
-            f"{k}: {saved.get(k)!r} -> {pair.settings.get(k)!r}" for k in changed[:3]
-        )
-        raise MgpoError(
-            f"{pair.folder}: evaluated before with other settings ({detail}); pass --overwrite"
-            " to replace it or --out to keep both"
-        )
-
-
-def plan(options: EvalOptions) -> list[Pair]:
-    """Every (model, benchmark) pair, all input checked; nothing is written."""
-    check_options(options)
-    benches = resolve(options.bench)
-    sources = {}
-    for bench in benches:
-        split = bench.check_options(options.split, options.subset, options.query)
-        sources[bench.name] = bench_source(bench, options, several=len(benches) > 1)
-        check_source_split(bench, sources[bench.name], split)
-    models = resolve_models(options.models)
-    out = Path(options.out).expanduser()
-    pairs = [
-        Pair(
-            model,
-            bench,
-            out / model.tag / bench.name,
-            pair_settings(bench, model, options, sources[bench.name]),
-        )
-        for model in models
-        for bench in benches
-    ]
-    for pair in pairs:
-        check_reusable(pair, options.overwrite)
-    return pairs
+__all__ = ["EvalOptions", "run_eval"]
 
 
 # --------------------------------------------------------------------------------- the stages
@@ -290,7 +63,7 @@ def write_prompts(pair: Pair, done: dict[str, Path]) -> None:
         shutil.copytree(twin, staging)
         os.replace(staging, pair.prompts)
         return
-    from mgpo_cli.images import fit_pixels
+    from stages.images import fit_pixels
 
     s = pair.settings
     rows = pair.bench.load(
@@ -329,7 +102,7 @@ def rollout_options(pair: Pair | None, model: EvalModel, options: EvalOptions):
 
 def make_engine(model: EvalModel, options: EvalOptions):
     """One engine per model, kept alive across its benchmarks."""
-    from stages.rollout.backends import make_engine as build
+    from stages.rollout import make_engine as build
 
     console.print(f"loading {model.spec} ({options.backend})")
     try:

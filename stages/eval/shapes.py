@@ -17,17 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.eval.benchmark import (
     Benchmark,
     Row,
     Subset,
-    accuracy,
-    breakdown,
-    meta_field,
+    accuracy_summary,
     prompt_template,
 )
-from stages.score.short_answer import short_answer_reward
+from stages.score import short_answer_reward
 
 SPLITS = {"train": 512, "validation": 64, "test": 128}  # the generator's default sizes
 DIFFICULTIES = ("easy", "colour", "medium", "hard")  # the first is the default
@@ -60,15 +58,6 @@ def check(row: Row, extracted: str | None) -> dict[str, Any]:
     return {
         "correct": bool(normalised) and normalised == str(row["answer"]).strip().lower(),
         "normalised": normalised,
-    }
-
-
-def summarise(rows: list[Row]) -> dict[str, Any]:
-    overall = accuracy(rows)
-    return {
-        **overall,
-        "headline": {"accuracy": overall["accuracy"]},
-        "breakdowns": {"task": breakdown(rows, meta_field("task"))},
     }
 
 
@@ -119,7 +108,7 @@ BENCHMARK = GeneratedBenchmark(
     image_columns=("images",),
     extract=extract,
     check=check,
-    summarise_rows=summarise,
+    summarise_rows=accuracy_summary(("task",)),
     judge_hint=judge_hint,
     subsets={d: Subset("difficulty", (d,)) for d in DIFFICULTIES},
     notes="built-in; short_answer accuracy (last boxed answer or first word, ignoring case)",

@@ -1,6 +1,6 @@
 """Raw benchmark records from the Hugging Face hub or a local copy (``--source``), and their images.
 
-Reading goes through ``mgpo_cli.sources.load_records`` (hub by id, or local parquet/json/jsonl
+Reading goes through ``stages.sources.load_records`` (hub by id, or local parquet/json/jsonl
 files with the hub's columns, one file or a directory of them). On top of it, this module knows a
 benchmark's own split names (``testmini``, ``test``) and picks a directory's files by them
 (``testmini.parquet``, ``testmini-00000-of-00001.parquet``, ``testmini/...``); files of other
@@ -19,8 +19,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.sources import FILE_FORMATS, load_records
+from stages.errors import MgpoError
+from stages.sources import FILE_FORMATS, load_records
 
 
 @dataclass(frozen=True)

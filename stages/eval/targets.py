@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 
 CHECKPOINT = re.compile(r"^step-\d+$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -41,7 +41,7 @@ class EvalModel:
 
 def locate(spec: str) -> str:
     """The model a spec means: a run directory's ``final`` policy, else the spec itself."""
-    from mgpo_cli.models import BUILTIN
+    from stages.models.loading import BUILTIN
 
     if spec in BUILTIN:
         return spec
@@ -75,7 +75,7 @@ def tag_of(load: str) -> str:
 def fingerprint(load: str) -> str:
     """Built-ins and hub ids by name (with the built tiny model's version); folders by their
     weight and config files' sizes and modification times (cheap, unlike hashing weights)."""
-    from mgpo_cli.models import BUILTIN, resolve_model
+    from stages.models.loading import BUILTIN, resolve_model
 
     if load in BUILTIN:
         return f"{load}:{Path(resolve_model(load)).name}"
@@ -95,7 +95,8 @@ def check_loadable(spec: str, load: str) -> None:
     unsupported config); weights are only read later, when the model's turn comes."""
     from transformers import AutoConfig
 
-    from mgpo_cli.models import _kind, quiet_transformers, resolve_model
+    from stages.models.loading import model_kind, resolve_model
+    from stages.models.quiet import quiet_transformers
 
     path = resolve_model(load)
     try:
@@ -106,7 +107,7 @@ def check_loadable(spec: str, load: str) -> None:
         raise MgpoError(
             f"cannot load model '{spec}': {lines[0] if lines else type(error).__name__}"
         ) from None
-    _kind(config, spec)
+    model_kind(config, spec)
 
 
 def resolve_models(specs: list[str] | tuple[str, ...]) -> list[EvalModel]:

@@ -2,5 +2,6 @@
 
 from stages.prepare.datasets import DATASETS, PrepareOptions
 from stages.prepare.run import run_prepare
+from stages.prepare.shapes import DIFFICULTIES
 
-__all__ = ["DATASETS", "PrepareOptions", "run_prepare"]
+__all__ = ["DATASETS", "DIFFICULTIES", "PrepareOptions", "run_prepare"]

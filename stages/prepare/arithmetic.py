@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_SIZES = {"train": 512, "validation": 64, "test": 128}

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.sources import load_records, require_columns
+from stages.errors import MgpoError
+from stages.sources import load_records, require_columns
 
 HUB_ID = "hiyouga/geometry3k"
 SPLITS = ("train", "validation", "test")

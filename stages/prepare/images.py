@@ -1,4 +1,4 @@
-"""Opening dataset images; sizing them (``fit_pixels``) lives in :mod:`mgpo_cli.images`."""
+"""Opening dataset images; sizing them (``fit_pixels``) lives in :mod:`stages.images`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.images import fit_pixels
+from stages.errors import MgpoError
+from stages.images import fit_pixels
 
 __all__ = ["fit_pixels", "load_image"]
 

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mgpo_cli.console import console, progress
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.shards import ShardWriter, is_complete, open_shards
+from stages.console import console, progress
+from stages.errors import MgpoError
 from stages.prepare.datasets import DATASETS, DatasetSpec, PrepareOptions
 from stages.prepare.images import fit_pixels, load_image
-from stages.prepare.template import load_template, render
+from stages.prompt_templates import load_template, render
+from stages.shards import ShardWriter, is_complete, open_shards
 
 
 def dataset_spec(name: str) -> DatasetSpec:

@@ -10,7 +10,7 @@ import io
 import math
 from dataclasses import dataclass, field
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.report.runs import Run, series, tokens_axis
 
 INSTALL_HINT = "matplotlib is not installed (needed for plots): pip install 'mgpo[report]'"

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.report.html import html_report
 from stages.report.markdown import markdown_report
 from stages.report.plots import X_LABELS, Plot, make_plots, require_matplotlib

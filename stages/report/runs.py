@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 
 # Folders of a run that hold shards, weights or logs, never eval summaries (not searched).
 SKIP_DIRS = frozenset({"steps", "checkpoints", "final", "tensorboard", "wandb"})

@@ -93,7 +93,7 @@ def eval_table(runs: list[Run]) -> Table:
     summaries = eval_summaries(runs)
     if not summaries:
         return Table(["run"])
-    from stages.eval.summary import average, columns, percent
+    from stages.eval import average, columns, percent
 
     pairs = columns(summaries)
     benches = list(dict.fromkeys(bench for bench, _ in pairs))

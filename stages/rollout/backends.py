@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.rollout.engine_api import Engine
 
 

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import torch
 
+from stages.errors import MgpoError
+
 
 @dataclass
 class Sample:
@@ -43,3 +45,38 @@ class Engine(Protocol):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Take new policy weights (by parameter name) without reloading from disk."""
         ...
+
+
+LOGPROB_MODES = ("policy", "sampled")
+"""What an engine reports as ``logprobs``: the policy's ``log_softmax(logits / T)`` over the full
+vocabulary (what importance ratios need), or the log-prob under the distribution actually
+sampled (after bans and top-p)."""
+
+
+def check_logprob_mode(mode: str) -> str:
+    if mode not in LOGPROB_MODES:
+        raise MgpoError(f"logprobs must be one of {', '.join(LOGPROB_MODES)} (got {mode})")
+    return mode
+
+
+def check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int) -> None:
+    """The sampling settings every engine accepts, checked before any work (one line each)."""
+    if n < 1:
+        raise MgpoError(f"-n must be at least 1 (got {n})")
+    if temperature < 0:
+        raise MgpoError(f"temperature must be >= 0 (got {temperature})")
+    if not 0 < top_p <= 1:
+        raise MgpoError(f"top_p must be in (0, 1] (got {top_p})")
+    if max_new_tokens < 1:
+        raise MgpoError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
+
+
+def finish_sample(io: Any, ids: list[int], logprobs: list[float]) -> Sample:
+    """A ``Sample`` from generated ids: cut after the first stop token (kept: the policy must
+    learn to stop) or mark it ``"length"``; the text is decoded without special tokens."""
+    stops = set(io.stop_token_ids)
+    end = next((i for i, t in enumerate(ids) if t in stops), None)
+    if end is None:
+        return Sample(io.decode(ids), ids, logprobs[: len(ids)], "length")
+    ids = ids[: end + 1]
+    return Sample(io.decode(ids), ids, logprobs[: end + 1], "stop")

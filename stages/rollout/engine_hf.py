@@ -30,11 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.policy_io import PolicyIO
-from stages.rollout.engine_api import Sample
-
-LOGPROB_MODES = ("policy", "sampled")
+from stages.errors import MgpoError
+from stages.models.policy_io import PolicyIO
+from stages.rollout.engine_api import Sample, check_logprob_mode, check_sampling, finish_sample
 
 
 def nucleus_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -110,17 +108,6 @@ def _generation_mode(model: Any) -> Iterator[None]:
             inner.rope_deltas = None  # generate's cached M-RoPE offsets must not reach training
 
 
-def _check(n: int, temperature: float, top_p: float, max_new_tokens: int) -> None:
-    if n < 1:
-        raise MgpoError(f"-n must be at least 1 (got {n})")
-    if temperature < 0:
-        raise MgpoError(f"temperature must be >= 0 (got {temperature})")
-    if not 0 < top_p <= 1:
-        raise MgpoError(f"top_p must be in (0, 1] (got {top_p})")
-    if max_new_tokens < 1:
-        raise MgpoError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
-
-
 class HFEngine:
     """Rollouts with ``model.generate``. Keep one alive across training steps.
 
@@ -137,8 +124,7 @@ class HFEngine:
         micro_batch_size: int = 8,
         logprobs: str = "policy",
     ):
-        if logprobs not in LOGPROB_MODES:
-            raise MgpoError(f"logprobs must be one of {', '.join(LOGPROB_MODES)} (got {logprobs})")
+        check_logprob_mode(logprobs)
         if micro_batch_size < 1:
             raise MgpoError(f"micro_batch_size must be at least 1 (got {micro_batch_size})")
         self.model = model
@@ -150,7 +136,7 @@ class HFEngine:
     @classmethod
     def load(cls, model: str, *, dtype: str = "auto", device: str = "cpu", **options: Any):
         """An engine for a model spec (``tiny``, a folder, a hub id); see ``load_policy``."""
-        from mgpo_cli.models import load_policy
+        from stages.models.loading import load_policy
 
         policy, io = load_policy(model, dtype=dtype, device=device)
         return cls(policy, io, **options)
@@ -170,7 +156,7 @@ class HFEngine:
         seed: int = 0,
     ) -> list[list[Sample]]:
         """``n`` samples per prompt row (row order kept); ``temperature == 0`` is greedy."""
-        _check(n, temperature, top_p, max_new_tokens)
+        check_sampling(n, temperature, top_p, max_new_tokens)
         pairs = [p for p in range(len(prompt_rows)) for _ in range(n)]
         out: list[list[Sample]] = [[] for _ in prompt_rows]
         with _generation_mode(self.model):
@@ -216,18 +202,9 @@ class HFEngine:
         generated = sequences[:, batch.inputs["input_ids"].shape[1] :].cpu()
         logprobs = sampler.finish(sequences[:, -1]).cpu()
         return [
-            self._sample(ids.tolist(), lps.tolist())
+            finish_sample(self.io, ids.tolist(), lps.tolist())
             for ids, lps in zip(generated, logprobs, strict=True)
         ]
-
-    def _sample(self, ids: list[int], logprobs: list[float]) -> Sample:
-        stops = set(self.io.stop_token_ids)
-        end = next((i for i, t in enumerate(ids) if t in stops), None)
-        if end is None:
-            finish = "length"
-        else:
-            ids, finish = ids[: end + 1], "stop"
-        return Sample(self.io.decode(ids), ids, logprobs[: len(ids)], finish)
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy tensors into the model's parameters/buffers by name (tied names included)."""

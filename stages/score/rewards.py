@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.score.last_number import last_number_reward
 from stages.score.short_answer import short_answer_reward
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from mgpo_cli.console import console, progress
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.schemas import SCORES
-from mgpo_cli.shards import ShardWriter, check_target, open_shards
+from stages.console import console, progress
+from stages.errors import MgpoError
+from stages.schemas import SCORES
 from stages.score.runner import ScorePool, score_items
+from stages.shards import ShardWriter, check_target, open_shards
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 from stages.score.rewards import builtin_components, check_result, load_reward_fn, split_spec
 
 DEFAULT_TIMEOUT_S = 5.0

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 
 GroupIds = Tensor | Sequence[Hashable]
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 
 PATTERN = re.compile(r"^step-(\d{6})$")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mgpo_cli.logprobs import forward_inputs
-from mgpo_cli.policy_io import PolicyIO
+from stages.models.logprobs import forward_inputs
+from stages.models.policy_io import PolicyIO
 from stages.train.logprobs import logprobs_from_logits
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.progress import TextColumn
 
-from mgpo_cli.console import progress
+from stages.console import progress
 
 
 class LiveView:

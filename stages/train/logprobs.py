@@ -19,12 +19,13 @@ computed (it does not depend on the target).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 
 CHUNK_ELEMENTS = {"cpu": 2**21, "other": 2**25}
 """Default chunk size in logits per device type. CPU: 2M (8 MB float32, 13 tokens at vocab
@@ -138,6 +139,49 @@ def _blocks_3d(x: Tensor, rows: int) -> list[tuple[Tensor, slice]]:
     ]
 
 
+def _forward_chunks(
+    chunks: Iterable[tuple[Tensor, Tensor, slice]],
+    targets: Tensor,
+    vf: Tensor,
+    with_entropy: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Log-prob, log-normaliser and entropy of every token, from ``(z, e, tokens)`` chunks of
+    scaled float logits (both paths produce those chunks their own way)."""
+    logp = torch.empty(vf.shape[0], dtype=vf.dtype, device=vf.device)
+    lse = torch.empty_like(logp)
+    ent = torch.zeros_like(logp)
+    for z, e, sl in chunks:
+        lp, ls, en = _chunk_forward(z, e, targets[sl], vf[sl], with_entropy)
+        logp[sl], lse[sl] = lp, ls
+        if en is not None:
+            ent[sl] = en
+    return logp, lse, ent
+
+
+def _grad_chunks(
+    ctx: Any,
+    chunks: Iterable[tuple[Tensor, Tensor, slice]],
+    targets: Tensor,
+    vf: Tensor,
+    lse: Tensor,
+    ent: Tensor,
+    g_logp: Tensor | None,
+    g_ent: Tensor | None,
+) -> Iterator[tuple[slice, Tensor]]:
+    """d(loss)/d(raw logits) of each chunk (``(tokens, gradient)``), the chunks recomputed as in
+    forward; the gradient lives in a reused buffer, valid until the next chunk."""
+    dtype = lse.dtype
+    g_lp = (torch.zeros_like(lse) if g_logp is None else g_logp.to(dtype)) * vf
+    g_en = g_ent.to(dtype) if (g_ent is not None and ctx.with_entropy) else None
+    for z, e, sl in chunks:
+        g = _chunk_grad(
+            z, e, targets[sl], lse[sl], ent[sl], g_lp[sl], None if g_en is None else g_en[sl]
+        )
+        if ctx.inv_t != 1.0:
+            g.mul_(ctx.inv_t)
+        yield sl, g
+
+
 class _LogitsLogprobs(torch.autograd.Function):
     """Chunked log-prob/entropy over logits ``[B, T, V]``: chunks are views, never a whole copy
     (a contiguous input arrives as ``[1, B*T, V]`` so chunks may span rows)."""
@@ -152,19 +196,11 @@ class _LogitsLogprobs(torch.autograd.Function):
         rows: int,
         with_entropy: bool,
     ) -> tuple[Tensor, Tensor]:
-        m = logits.shape[0] * logits.shape[1]
         dtype = _math_dtype(logits)
-        logp = torch.empty(m, dtype=dtype, device=logits.device)
-        lse = torch.empty_like(logp)
-        ent = torch.zeros_like(logp)
         vf = valid.to(dtype)
         buf = _Buffers(min(rows, logits.shape[1]), logits.shape[2], dtype, logits.device)
-        for block, sl in _blocks_3d(logits, rows):
-            z, e = buf.load(block, inv_t)
-            lp, ls, en = _chunk_forward(z, e, targets[sl], vf[sl], with_entropy)
-            logp[sl], lse[sl] = lp, ls
-            if en is not None:
-                ent[sl] = en
+        chunks = ((*buf.load(block, inv_t), sl) for block, sl in _blocks_3d(logits, rows))
+        logp, lse, ent = _forward_chunks(chunks, targets, vf, with_entropy)
         ctx.save_for_backward(logits, targets, vf, lse, ent)
         ctx.inv_t, ctx.rows, ctx.with_entropy = inv_t, rows, with_entropy
         if not with_entropy:
@@ -176,19 +212,13 @@ class _LogitsLogprobs(torch.autograd.Function):
         ctx: Any, g_logp: Tensor | None, g_ent: Tensor | None
     ) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         logits, targets, vf, lse, ent = ctx.saved_tensors
-        dtype = lse.dtype
-        g_lp = (torch.zeros_like(lse) if g_logp is None else g_logp.to(dtype)) * vf
-        g_en = g_ent.to(dtype) if (g_ent is not None and ctx.with_entropy) else None
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        grad_blocks = _blocks_3d(grad, ctx.rows)
-        buf = _Buffers(min(ctx.rows, logits.shape[1]), logits.shape[2], dtype, logits.device)
-        for (block, sl), (out, _) in zip(_blocks_3d(logits, ctx.rows), grad_blocks, strict=True):
-            z, e = buf.load(block, ctx.inv_t)
-            g = _chunk_grad(
-                z, e, targets[sl], lse[sl], ent[sl], g_lp[sl], None if g_en is None else g_en[sl]
-            )
-            if ctx.inv_t != 1.0:
-                g.mul_(ctx.inv_t)
+        buf = _Buffers(min(ctx.rows, logits.shape[1]), logits.shape[2], lse.dtype, logits.device)
+        chunks = ((*buf.load(block, ctx.inv_t), sl) for block, sl in _blocks_3d(logits, ctx.rows))
+        outs = (out for out, _ in _blocks_3d(grad, ctx.rows))
+        for (_, g), out in zip(
+            _grad_chunks(ctx, chunks, targets, vf, lse, ent, g_logp, g_ent), outs, strict=True
+        ):
             out.copy_(g)
         return grad, None, None, None, None, None
 
@@ -244,17 +274,10 @@ class _HiddenLogprobs(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         m = hidden.shape[0]
         dtype = _math_dtype(weight)
-        logp = torch.empty(m, dtype=dtype, device=hidden.device)
-        lse = torch.empty_like(logp)
-        ent = torch.zeros_like(logp)
         vf = valid.to(dtype)
         buf = _HiddenBuffers(min(rows, m), weight.shape[0], dtype, weight)
-        for sl in _row_blocks(m, rows):
-            z, e = buf.logits(hidden[sl], weight, bias, inv_t)
-            lp, ls, en = _chunk_forward(z, e, targets[sl], vf[sl], with_entropy)
-            logp[sl], lse[sl] = lp, ls
-            if en is not None:
-                ent[sl] = en
+        chunks = ((*buf.logits(hidden[sl], weight, bias, inv_t), sl) for sl in _row_blocks(m, rows))
+        logp, lse, ent = _forward_chunks(chunks, targets, vf, with_entropy)
         ctx.save_for_backward(hidden, weight, bias, targets, vf, lse, ent)
         ctx.inv_t, ctx.rows, ctx.with_entropy = inv_t, rows, with_entropy
         if not with_entropy:
@@ -266,24 +289,19 @@ class _HiddenLogprobs(torch.autograd.Function):
         ctx: Any, g_logp: Tensor | None, g_ent: Tensor | None
     ) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         hidden, weight, bias, targets, vf, lse, ent = ctx.saved_tensors
-        dtype = lse.dtype
-        g_lp = (torch.zeros_like(lse) if g_logp is None else g_logp.to(dtype)) * vf
-        g_en = g_ent.to(dtype) if (g_ent is not None and ctx.with_entropy) else None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         m = hidden.shape[0]
         grad_h = torch.empty_like(hidden, memory_format=torch.contiguous_format) if need_h else None
         # accumulated in the weight's dtype: one rounding per chunk, like bf16 grad accumulation
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_b = torch.zeros_like(bias) if (need_b and bias is not None) else None
-        buf = _HiddenBuffers(min(ctx.rows, m), weight.shape[0], dtype, weight)
-        for sl in _row_blocks(m, ctx.rows):
+        buf = _HiddenBuffers(min(ctx.rows, m), weight.shape[0], lse.dtype, weight)
+        chunks = (
+            (*buf.logits(hidden[sl], weight, bias, ctx.inv_t), sl)
+            for sl in _row_blocks(m, ctx.rows)
+        )
+        for sl, g in _grad_chunks(ctx, chunks, targets, vf, lse, ent, g_logp, g_ent):
             h = hidden[sl]
-            z, e = buf.logits(h, weight, bias, ctx.inv_t)
-            g = _chunk_grad(
-                z, e, targets[sl], lse[sl], ent[sl], g_lp[sl], None if g_en is None else g_en[sl]
-            )
-            if ctx.inv_t != 1.0:
-                g.mul_(ctx.inv_t)
             g = buf.in_model_dtype(g)
             if grad_h is not None:
                 torch.mm(g, weight, out=grad_h[sl])

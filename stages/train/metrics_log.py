@@ -63,7 +63,7 @@ class MetricsLog:
                     project="mgpo", dir=str(run_dir), config=config, resume="allow"
                 )
             except ImportError:
-                from mgpo_cli.errors import MgpoError
+                from stages.errors import MgpoError
 
                 raise MgpoError(
                     "trainer.wandb is on but wandb is not installed (pip install wandb)"

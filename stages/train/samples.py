@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mgpo_cli.shards import open_shards
+from stages.shards import open_shards
 from stages.train import advantages as adv
 
 

@@ -93,7 +93,7 @@ def with_hf_features(schema: pa.Schema) -> pa.Schema:
 
 def check_columns(schema: pa.Schema, kind: str, where: str) -> None:
     """Raise a one-line error naming ``where`` and the first missing or mistyped column."""
-    from mgpo_cli.errors import MgpoError
+    from stages.errors import MgpoError
 
     for field in KINDS[kind]:
         index = schema.get_field_index(field.name)

@@ -18,15 +18,28 @@ from typing import Any, TypeVar
 
 import yaml
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 
 T = TypeVar("T")
 
 
+def recipes_folder() -> Path:
+    """Where the built-in recipes are: the ``recipes/`` folder of the source checkout this code
+    runs from (a clone, an editable install, a worktree), else the installed ``mgpo_recipes``
+    package (a wheel install)."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "recipes").is_dir():
+        return checkout / "recipes"
+    try:
+        return Path(str(resources.files("mgpo_recipes")))
+    except ModuleNotFoundError:
+        raise MgpoError("this mgpo installation has no recipes (package mgpo_recipes)") from None
+
+
 def builtin_recipes() -> dict[str, Path]:
-    """Recipes shipped inside the package, by name (file stem)."""
-    folder = resources.files("mgpo_cli") / "recipes"
-    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".yaml")}
+    """Recipes shipped with mgpo, by name (file stem)."""
+    folder = recipes_folder()
+    return {f.stem: f for f in sorted(folder.glob("*.yaml"))}
 
 
 def load_recipe(name_or_path: str) -> dict[str, Any]:

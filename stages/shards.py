@@ -24,9 +24,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mgpo_cli import __version__
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.schemas import KINDS, SCHEMA_VERSION, check_columns, with_hf_features
+from stages import __version__
+from stages.errors import MgpoError
+from stages.schemas import KINDS, SCHEMA_VERSION, check_columns, with_hf_features
 
 MANIFEST = "manifest.json"
 PART_PATTERN = "part-{:05d}.parquet"

@@ -1,4 +1,9 @@
-"""Prompt templates (Jinja): how a dataset problem becomes the user text a policy sees."""
+"""Prompt templates (Jinja): how a problem becomes the user text a policy sees.
+
+Shared by ``prepare`` (training prompts) and ``eval`` (benchmark prompts), so a benchmark asks
+exactly as training did. Built-in templates are the ``*.jinja`` files beside this module; a
+template sees ``problem`` and ``choices`` (a list, empty when the problem has none).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 
 _ENV = jinja2.Environment(
     undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False
@@ -15,15 +20,20 @@ _ENV = jinja2.Environment(
 
 
 def builtin_templates() -> dict[str, str]:
-    folder = resources.files("mgpo_cli") / "templates"
-    return {Path(str(f)).stem: f.read_text() for f in folder.iterdir() if str(f).endswith(".jinja")}
+    """Built-in templates by name (file stem) -> their text."""
+    folder = resources.files(__name__)
+    return {
+        Path(str(f)).stem: f.read_text(encoding="utf-8")
+        for f in folder.iterdir()
+        if str(f).endswith(".jinja")
+    }
 
 
 def load_template(name_or_path: str) -> jinja2.Template:
     """A built-in template by name, or a Jinja file by path; it sees ``problem`` and ``choices``."""
     path = Path(name_or_path)
     if path.is_file():
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     else:
         known = builtin_templates()
         if name_or_path not in known:
@@ -41,6 +51,7 @@ def load_template(name_or_path: str) -> jinja2.Template:
 
 
 def render(template: jinja2.Template, problem: str, choices: list[str] | None) -> str:
+    """The user text for one problem; an unknown variable in the template is one clear line."""
     try:
         return template.render(problem=problem, choices=choices or [])
     except jinja2.UndefinedError as error:

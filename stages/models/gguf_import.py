@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 
 GGUF_MAGIC = b"GGUF"
 DTYPES = {
@@ -77,7 +77,7 @@ def _load_from_gguf(path: Path) -> tuple[Any, Any]:
     """(de-quantised float32 model, tokenizer) as transformers reads the GGUF."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mgpo_cli.models import quiet_transformers
+    from stages.models.quiet import quiet_transformers
 
     folder, name = str(path.parent), path.name
     try:
@@ -153,7 +153,7 @@ def import_gguf(
         plain.generation_config.pad_token_id = tokenizer.pad_token_id
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    from mgpo_cli.models import quiet_transformers
+    from stages.models.quiet import quiet_transformers
 
     try:
         with quiet_transformers():

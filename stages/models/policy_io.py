@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.processor import QwenVLImageProcessor
+from stages.errors import MgpoError
+from stages.models.processor import QwenVLImageProcessor
 
 PLACEHOLDER = "<image>"
 # Vision markers a policy must never sample: a stray <|image_pad|> breaks the next forward

@@ -7,17 +7,16 @@ as SmolLM2). Which kind a folder is comes from its ``config.json`` ``model_type`
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mgpo_cli.errors import MgpoError
-from mgpo_cli.policy_io import PolicyIO, text_io, vision_io
+from stages.errors import MgpoError
+from stages.models.policy_io import PolicyIO, text_io, vision_io
+from stages.models.quiet import quiet_transformers
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 # Built-in models (spec -> tiny kind), built into the cache on first use.
@@ -39,7 +38,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 def resolve_model(spec: str) -> str:
     """A local folder for a built-in (``tiny``, ``tiny-text``) or existing folder; else a hub id."""
     if spec in BUILTIN:
-        from mgpo_cli.tiny import cache_root, tiny_model_path
+        from stages.models.tiny import cache_root, tiny_model_path
 
         try:
             return str(tiny_model_path(kind=BUILTIN[spec]))
@@ -71,33 +70,16 @@ def _device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """No load reports, fallback warnings or progress bars from transformers on our console."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logger = logging.getLogger("transformers")
-    level, bars = hf_logger.level, hf_logging.is_progress_bar_enabled()
-    hf_logger.setLevel(logging.ERROR)
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logger.setLevel(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
 
 
-def _load_vision_processor(path: str, **kwargs: Any) -> Any:
+def load_vision_processor(path: str, **kwargs: Any) -> Any:
     """The stock processor if it loads; else our image-only one (no torchvision, see processor)."""
     from transformers import AutoProcessor
 
-    from mgpo_cli.processor import QwenVLImageProcessor
+    from stages.models.processor import QwenVLImageProcessor
 
     try:
         return AutoProcessor.from_pretrained(path, **kwargs)
@@ -110,7 +92,7 @@ def _load_vision(path: str, config: Any, name: str, load: dict) -> tuple[Any, Po
 
     model = AutoModelForImageTextToText.from_pretrained(path, **load)
     hub = {k: load[k] for k in ("trust_remote_code",) if k in load}
-    processor = _load_vision_processor(path, **hub)
+    processor = load_vision_processor(path, **hub)
     return model, vision_io(processor, model.config, model.generation_config, name)
 
 
@@ -122,7 +104,7 @@ def _load_text(path: str, config: Any, name: str, load: dict) -> tuple[Any, Poli
     return model, text_io(tokenizer, model.config, model.generation_config, name)
 
 
-def _kind(config: Any, name: str) -> str:
+def model_kind(config: Any, name: str) -> str:
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
@@ -170,7 +152,7 @@ def load_policy(
         load["attn_implementation"] = attn_implementation
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        loader = _LOADERS[_kind(config, model)]
+        loader = _LOADERS[model_kind(config, model)]
         with quiet_transformers():
             policy, io = loader(path, config, model, load)
     except MgpoError:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from mgpo_cli.errors import MgpoError
+from stages.errors import MgpoError
 
 # Bump when anything below changes what gets built: the cache folder name includes it.
 TINY_VERSION = 1
@@ -237,7 +237,7 @@ def tiny_config(tokenizer):
 def _tiny_vision(seed: int, head_dim: int | None = None) -> tuple[Any, Any]:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from mgpo_cli.processor import QwenVLImageProcessor
+    from stages.models.processor import QwenVLImageProcessor
 
     tokenizer = build_tiny_tokenizer()
     processor = QwenVLImageProcessor(build_tiny_image_processor(), tokenizer, CHAT_TEMPLATE)
@@ -297,7 +297,7 @@ KINDS: dict[str, Callable[[int], tuple[Any, Any]]] = {
 def _write_tiny(folder: Path, seed: int, kind: str) -> None:
     from transformers import GenerationConfig
 
-    from mgpo_cli.models import quiet_transformers
+    from stages.models.quiet import quiet_transformers
 
     model, processor = KINDS[kind](seed)
     tokenizer = getattr(processor, "tokenizer", processor)

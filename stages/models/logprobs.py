@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mgpo_cli.policy_io import Batch
+from stages.models.policy_io import Batch
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0):

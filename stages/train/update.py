@@ -1,0 +1,225 @@
+"""The update: every optimizer step of one training step, on every process, with exact metrics.
+
+``optim.epochs`` passes over the step's samples, each split into ``optim.mini_batches`` optimizer
+steps of ``optim.micro_batch`` sequences per forward/backward. With a single optimizer step per
+rollout batch the update's own forward runs on the policy that sampled, so its detached log-probs
+are the old log-probs exactly (ratio 1); more steps need them frozen up front
+(:meth:`Policy.frozen_logprobs`).
+
+Distribution: every process takes ``mini[rank::world]`` and runs the same number of
+micro-batches; loss normalisers are the mini-batch's global counts and DDP averages gradients, so
+each micro-batch loss is scaled by ``world`` and K processes give the update of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from stages.train import algos, loss_metrics
+from stages.train.config import TrainConfig
+from stages.train.forward import response_logprobs
+from stages.train.policy import Policy
+from stages.train.samples import StepBatch, advantages_for
+from stages.train.schedule import lr_at, step_seed
+
+
+def loss_params(config: TrainConfig) -> dict[str, Any]:
+    """The algorithm's options from the recipe (only those the algorithm accepts)."""
+    algo = config.algo
+    accepted = algos.options(algo.name)
+    wanted: dict[str, Any] = {"alpha": algo.alpha, "beta": algo.beta, "kl_coef": algo.kl_coef}
+    if algo.eps_low is not None:
+        wanted["eps_low"] = algo.eps_low
+    if algo.eps_high is not None:
+        wanted["eps_high"] = algo.eps_high
+    return {k: v for k, v in wanted.items() if k in accepted and not (k == "kl_coef" and not v)}
+
+
+def update(
+    policy: Policy,
+    batch: StepBatch,
+    rows: dict[str, dict],
+    step: int,
+    *,
+    frozen_old: bool | None = None,
+) -> dict[str, float]:
+    """All optimizer steps of training step ``step`` (0-based); returns the step's metrics.
+
+    ``rows`` maps prompt id -> prompt row. ``frozen_old`` forces (True) or skips (False) the
+    separate no-grad forward for the old log-probs; by default it runs only when the step makes
+    more than one optimizer step.
+    """
+    config = policy.config
+    prompt_ids, responses, engine_logprobs, rewards, group_ids = batch.flat()
+    sample_rows = [rows[p] for p in prompt_ids]
+    estimator = algos.ADVANTAGE_ESTIMATOR[config.algo.name]
+    if estimator == "group_norm" and not config.algo.std_normalise:
+        estimator = "mean_only"
+    advantages = advantages_for(estimator, rewards, group_ids)
+    params = loss_params(config)
+    if config.algo.name == "gpg":
+        from stages.train.advantages import gpg_correction
+
+        params["alpha_age"] = gpg_correction(rewards, group_ids).alpha_age
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    if frozen_old is None:
+        frozen_old = config.optim.epochs * config.optim.mini_batches > 1
+    old = policy.frozen_logprobs(policy.model, sample_rows, responses) if frozen_old else None
+    fresh: dict[int, torch.Tensor] = {}  # on-policy: the update's own detached log-probs
+    ref = (
+        None
+        if policy.reference is None
+        else policy.frozen_logprobs(policy.reference, sample_rows, responses)
+    )
+    timings["logprobs_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    order_rng = random.Random(step_seed(config.trainer.seed, step, "shuffle"))
+    collected: list[dict[str, float]] = []  # per micro-batch; see loss_metrics
+    grad_norms: list[float] = []
+    inputs = _Inputs(sample_rows, responses, old, ref, advantages, params, fresh)
+    for _ in range(config.optim.epochs):
+        order = list(range(len(responses)))
+        order_rng.shuffle(order)
+        minis = [order[i :: config.optim.mini_batches] for i in range(config.optim.mini_batches)]
+        for mini in minis:
+            if mini:
+                grad_norms.append(_optimizer_step(policy, mini, inputs, collected))
+    timings["update_s"] = time.perf_counter() - started
+    # Trainer vs engine log-probs. On-policy, each process holds the log-probs of the samples
+    # it trained on; frozen, every process holds all of them.
+    trainer_logprobs = dict(enumerate(old)) if old is not None else fresh
+    mismatch = [
+        float((trainer_logprobs[i] - torch.tensor(engine_logprobs[i])).abs().mean())
+        for i in sorted(trainer_logprobs)
+        if len(engine_logprobs[i])
+    ]
+    # "loss": the mean whole-mini-batch loss (all micro-batches, all processes); 0 if none ran
+    metrics = {"loss": 0.0, **_step_loss_metrics(policy, collected, len(grad_norms))}
+    totals = [sum(mismatch), float(len(mismatch))]
+    if old is None:
+        totals = policy.sum_across_processes(totals)
+    metrics["engine_logprob_mismatch"] = totals[0] / max(totals[1], 1.0)
+    metrics.update(timings)
+    metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+    metrics["lr"] = policy.optimizer.param_groups[0]["lr"]
+    metrics["processes"] = float(policy.accelerator.num_processes)
+    tokens = sum(len(r) for r in responses) * config.optim.epochs
+    metrics["trainer_tokens_per_s"] = tokens / max(
+        timings["update_s"] + timings["logprobs_s"], 1e-9
+    )
+    return metrics
+
+
+@dataclass
+class _Inputs:
+    """The per-sample inputs every optimizer step of a training step reads."""
+
+    rows: list[dict]  # prompt row of each sample
+    responses: list[list[int]]
+    old: list[torch.Tensor] | None  # frozen old log-probs, or None: on-policy
+    ref: list[torch.Tensor] | None  # reference log-probs for the KL term
+    advantages: torch.Tensor
+    params: dict[str, Any]  # the loss's options
+    fresh: dict[int, torch.Tensor]  # on-policy: filled with the update's own log-probs
+
+
+def _step_loss_metrics(
+    policy: Policy, chunks: list[dict[str, float]], steps: int
+) -> dict[str, float]:
+    """The loss metrics of every micro-batch on every process, as one row (loss_metrics)."""
+    keys, sums, extremes = loss_metrics.local_totals(chunks)
+    if keys:
+        sums = policy.sum_across_processes(sums)
+        extremes = policy.max_across_processes(extremes)
+    return loss_metrics.finish_totals(keys, sums, extremes, steps)
+
+
+def _optimizer_step(
+    policy: Policy, mini: list[int], inputs: _Inputs, collected: list[dict[str, float]]
+) -> float:
+    """One optimizer step over mini-batch ``mini`` (sample indices); returns the grad norm.
+
+    A process short of samples repeats one with its mask off (a ``None`` placeholder),
+    contributing nothing, so the gradient all-reduce lines up.
+    """
+    acc, config = policy.accelerator, policy.config
+    world, rank = acc.num_processes, acc.process_index
+    responses = inputs.responses
+    lengths = [len(responses[i]) for i in mini]
+    normalisers = {
+        "num_seqs": float(len(mini)),
+        "num_tokens": float(max(sum(lengths), 1)),
+        "max_len": float(max(max(lengths), 1)),
+    }
+    accepted = algos.options(config.algo.name)
+    step_params = {**inputs.params, **{k: v for k, v in normalisers.items() if k in accepted}}
+    per_rank = -(-len(mini) // world)
+    local = mini[rank::world]
+    padded = local + [None] * (per_rank - len(local))  # None: a masked-off placeholder
+    micro = [
+        padded[i : i + config.optim.micro_batch]
+        for i in range(0, per_rank, config.optim.micro_batch)
+    ]
+    for group in policy.optimizer.param_groups:
+        group["lr"] = lr_at(policy.opt_steps, config)
+    for k, chunk in enumerate(micro):
+        indices = [i if i is not None else mini[0] for i in chunk]
+        live = torch.tensor([i is not None for i in chunk], device=acc.device)
+        context = (
+            acc.no_sync(policy.model)
+            if k < len(micro) - 1 and world > 1
+            else contextlib.nullcontext()
+        )
+        with context, acc.autocast():
+            result = response_logprobs(
+                policy.model,
+                policy.io,
+                [inputs.rows[i] for i in indices],
+                [responses[i] for i in indices],
+                temperature=policy.temperature,
+            )
+            width = result.logp.shape[1]
+            device = result.logp.device
+            extra = {}
+            if inputs.ref is not None:
+                extra["ref_logp"] = _pad([inputs.ref[i] for i in indices], width).to(device)
+            if inputs.old is None:  # on-policy: the update's own forward gives the old log-probs
+                old_logp = result.logp.detach()
+                for j, i in enumerate(chunk):
+                    if i is not None:
+                        inputs.fresh[i] = old_logp[j, : len(responses[i])].float().cpu()
+            else:
+                old_logp = _pad([inputs.old[i] for i in indices], width).to(device)
+            loss, metrics = algos.compute_loss(
+                config.algo.name,
+                result.logp,
+                old_logp,
+                inputs.advantages[indices].to(device),
+                result.mask & live[:, None],
+                entropy=result.entropy,
+                **step_params,
+                **extra,
+            )
+            acc.backward(loss * world)
+        collected.append(metrics)  # a masked-off placeholder reports 0 tokens
+    grad_norm = acc.clip_grad_norm_(
+        [p for p in policy.model.parameters() if p.requires_grad], config.optim.grad_clip
+    )
+    policy.optimizer.step()
+    policy.optimizer.zero_grad(set_to_none=True)
+    policy.opt_steps += 1
+    return float(grad_norm)
+
+
+def _pad(values: list[torch.Tensor], width: int) -> torch.Tensor:
+    out = torch.zeros(len(values), width)
+    for i, v in enumerate(values):
+        out[i, : len(v)] = v
+    return out
