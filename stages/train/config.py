@@ -87,6 +87,7 @@ class TrainerConfig:
     save_every: int = 10  # 0: only at the end
     keep_last: int = 2
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    strategy: str = "ddp"  # ddp (every process holds the whole model) | fsdp (FSDP2 sharding)
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 0  # torch CPU threads (0: torch's default); 1 is fastest for tiny models
     wandb: bool = False
@@ -146,6 +147,8 @@ def check(config: TrainConfig) -> None:
         raise MgpoError(
             f"optim.schedule '{config.optim.schedule}': expected constant, linear or cosine"
         )
+    if config.trainer.strategy not in ("ddp", "fsdp"):
+        raise MgpoError(f"trainer.strategy '{config.trainer.strategy}': expected ddp or fsdp")
     if config.trainer.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise MgpoError(
             f"trainer.mixed_precision '{config.trainer.mixed_precision}': expected auto, no, bf16 or fp16"
