@@ -4,6 +4,7 @@ bytes autograd really saves, and the refusal of a run that cannot fit."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -381,3 +382,11 @@ def test_the_readme_shows_the_current_plans(recipe: str) -> None:
     table = plan_table(plan_memory(config), config, hardware.source)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert f"$ mgpo train --recipe {recipe} --plan\n{table}\n" in readme
+
+
+def test_tiny_without_a_cache_plans_from_the_builder_config(tiny_model_dir, tmp_path, monkeypatch):
+    """An empty cache: the config comes from the tokenizer alone and matches the built folder."""
+    built = architecture(str(tiny_model_dir))
+    monkeypatch.setenv("MGPO_CACHE", str(tmp_path))
+    assert architecture("tiny") == dataclasses.replace(built, name="tiny")
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ storage), never from a guess:
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -180,6 +181,9 @@ def _hub_config(spec: str, trust_remote_code: bool) -> tuple[Any, int]:
     from transformers import AutoConfig
 
     load = {"trust_remote_code": trust_remote_code}
+    hub_logger = logging.getLogger("huggingface_hub")  # its retry warnings: the line says it all
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
     try:
         with quiet_transformers():
             try:
@@ -193,6 +197,8 @@ def _hub_config(spec: str, trust_remote_code: bool) -> tuple[Any, int]:
             f" one of the shipped architectures {', '.join(SHIPPED)}, not in the Hugging Face"
             f" cache, and the hub did not answer: {first})"
         ) from None
+    finally:
+        hub_logger.setLevel(level)
     return config, _cached_max_pixels(spec)
 
 
