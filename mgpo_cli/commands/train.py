@@ -64,11 +64,30 @@ def train(
     show_config: bool = typer.Option(
         False, "--show-config", help="Print the resolved config and exit."
     ),
+    plan: bool = typer.Option(
+        False,
+        "--plan",
+        help="Print the memory plan (bytes per GPU of each item, total, fits or not) and exit;"
+        " loads no weights. Hardware: --gpus/--gpu-memory, else the GPUs this process runs on"
+        " (WORLD_SIZE processes, this device's memory), else the recipe's plan.gpus x"
+        " plan.gpu_memory_gib.",
+    ),
+    gpus: int = typer.Option(
+        None, "--gpus", min=1, help="With --plan: plan for this many GPUs (one process each)."
+    ),
+    gpu_memory: float = typer.Option(
+        None, "--gpu-memory", min=0.001, help="With --plan: memory of each GPU, in GiB."
+    ),
 ) -> None:
     """Train a policy with GRPO, GSPO, MGPO, DAPO, Dr.GRPO or GPG.
 
     Without --recipe this uses the paper's Qwen2.5-VL-3B setting on prepared Geometry3K shards
     (GPU); on a CPU use --recipe tiny with the built-in shapes task.
+
+    Before loading anything, a run on GPUs checks the memory plan (see --plan) and stops with one
+    line naming the largest item and the recipe key to change when it does not fit
+    (plan.check: auto = on GPUs only, always = also on CPU against plan.gpus x
+    plan.gpu_memory_gib, never = do not check).
     """
     import json
 
@@ -93,6 +112,19 @@ def train(
     if show_config:
         typer.echo(json.dumps(to_dict(config), indent=2, default=str))
         return
+    if plan:
+        from stages.train import plan_hardware, plan_memory, plan_table
+
+        hardware = plan_hardware(config, gpus=gpus, gpu_memory_gib=gpu_memory)
+        found = plan_memory(config, processes=hardware.processes, gpu_bytes=hardware.gpu_bytes)
+        typer.echo(plan_table(found, config, hardware.source))
+        return
+    if gpus is not None or gpu_memory is not None:
+        from stages.errors import MgpoError
+
+        raise MgpoError(
+            "--gpus and --gpu-memory describe the hardware of --plan; a run uses its own"
+        )
     from stages.train import run_train
 
     out = run_train(config, resume=resume, overwrite=overwrite)

@@ -263,12 +263,11 @@ def _tiny_vision_h32(seed: int) -> tuple[Any, Any]:
     return _tiny_vision(seed, head_dim=32)
 
 
-def _tiny_text(seed: int) -> tuple[Any, Any]:
-    """The same tokenizer and language model size without a vision tower (a Qwen2 causal LM)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def tiny_text_config(tokenizer):
+    """The tiny language model alone (a Qwen2 causal LM): same width, depth and tokenizer."""
+    from transformers import Qwen2Config
 
-    tokenizer = build_tiny_tokenizer()
-    config = Qwen2Config(
+    return Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -281,6 +280,14 @@ def _tiny_text(seed: int) -> tuple[Any, Any]:
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         tie_word_embeddings=True,
     )
+
+
+def _tiny_text(seed: int) -> tuple[Any, Any]:
+    """The same tokenizer and language model size without a vision tower (a Qwen2 causal LM)."""
+    from transformers import Qwen2ForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    config = tiny_text_config(tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config)
@@ -292,6 +299,13 @@ KINDS: dict[str, Callable[[int], tuple[Any, Any]]] = {
     "vision-h32": _tiny_vision_h32,
     "text": _tiny_text,
 }
+
+
+def builtin_config(kind: str = "vision") -> Any:
+    """The config of a built-in tiny model (``vision`` or ``text``) without building its weights:
+    what the memory plan reads when the model is not in the cache yet."""
+    tokenizer = build_tiny_tokenizer()
+    return tiny_text_config(tokenizer) if kind == "text" else tiny_config(tokenizer)
 
 
 def _write_tiny(folder: Path, seed: int, kind: str) -> None:
@@ -346,6 +360,11 @@ def tiny_model_path(
     seed: int = 0, root: str | os.PathLike | None = None, kind: str = "vision"
 ) -> Path:
     """The cached tiny model for ``seed`` (built on first use)."""
+    return build_tiny_model(tiny_folder(seed, root, kind), seed=seed, kind=kind)
+
+
+def tiny_folder(seed: int = 0, root: str | os.PathLike | None = None, kind: str = "vision") -> Path:
+    """Where the tiny model for ``seed`` is cached (it may not be built yet)."""
     base = Path(root).expanduser() if root is not None else cache_root()
     name = "tiny" if kind == "vision" else f"tiny-{kind}"
-    return build_tiny_model(base / f"{name}-v{TINY_VERSION}-seed{seed}", seed=seed, kind=kind)
+    return base / f"{name}-v{TINY_VERSION}-seed{seed}"

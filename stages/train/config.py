@@ -95,6 +95,17 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class PlanConfig:
+    """The memory plan (``mgpo train --plan``): the node a recipe is sized for, and the check."""
+
+    gpus: int = 1  # GPUs (one process each) of the target node, used where this machine has none
+    gpu_memory_gib: float = 80.0  # memory of each of those GPUs
+    check: str = (
+        "auto"  # auto: refuse a GPU run whose plan does not fit | always: also on CPU | never
+    )
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -103,6 +114,7 @@ class TrainConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     run_dir: str = "runs/latest"
 
     def __post_init__(self) -> None:
@@ -149,7 +161,17 @@ def check(config: TrainConfig) -> None:
         )
     if config.trainer.strategy not in ("ddp", "fsdp"):
         raise MgpoError(f"trainer.strategy '{config.trainer.strategy}': expected ddp or fsdp")
+    _check_plan(config.plan)
     if config.trainer.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise MgpoError(
             f"trainer.mixed_precision '{config.trainer.mixed_precision}': expected auto, no, bf16 or fp16"
         )
+
+
+def _check_plan(plan: PlanConfig) -> None:
+    if plan.gpus < 1:
+        raise MgpoError(f"plan.gpus must be at least 1, got {plan.gpus}")
+    if plan.gpu_memory_gib <= 0:
+        raise MgpoError(f"plan.gpu_memory_gib must be positive, got {plan.gpu_memory_gib}")
+    if plan.check not in ("auto", "always", "never"):
+        raise MgpoError(f"plan.check '{plan.check}': expected auto, always or never")

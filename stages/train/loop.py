@@ -32,6 +32,7 @@ from stages.shards import is_complete, open_shards, prompt_row
 from stages.train.config import TrainConfig
 from stages.train.data_order import Position, take
 from stages.train.live import LiveView
+from stages.train.memory_plan import check_fits
 from stages.train.metrics_log import MetricsLog, step_metrics
 from stages.train.policy import Policy
 from stages.train.run_dir import check_run_dir, write_run_dir
@@ -240,6 +241,7 @@ def run_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
             f"this recipe ({config.model.name}, {config.rollout.batch_prompts} prompts x {config.rollout.n} samples) "
             "needs a GPU and none is available; on a CPU use --recipe tiny"
         )
+    check_fits(config)  # before any weight is loaded or anything written
     open_shards(config.data.train, "prompts")
     if config.data.val:
         open_shards(config.data.val, "prompts")

@@ -1,0 +1,399 @@
+"""The memory plan: bytes per GPU of a training run, from the recipe and the model's config alone.
+
+``mgpo train --plan`` prints it; ``mgpo train`` refuses a run whose plan does not fit before any
+weight is loaded. Parameter shapes come from the model's config on the meta device
+(:mod:`stages.models.architecture`). The plan describes the GPU trainer: fp32 master weights and
+AdamW state, compute in the recipe's ``model.dtype`` (``auto``: bf16), FSDP2 ``fully_shard`` per
+decoder layer / vision block plus the root under ``trainer.strategy: fsdp``, every row of a
+micro-batch at full length. Notation, per GPU:
+
+  N processes (one per GPU), G bytes of GPU memory; c compute bytes (2 for bf16/fp16, 4 for fp32)
+  P parameters, Pt trainable ones (the vision tower is frozen by ``model.freeze_vision``),
+  nt trainable tensors; shard(X) = sum over X's tensors of ceil(dim0 / N) * rest under fsdp
+  (rank 0 holds the largest chunk), the whole X under ddp
+  R / Rt: (trainable) parameters of the root, outside every decoder layer and vision block;
+  U / Ut: (trainable) parameters of the largest decoder layer or vision block
+  B = optim.micro_batch rows per process, Lp = rollout.max_prompt_tokens, Ln =
+  rollout.max_new_tokens, T = B * (Lp + Ln) text tokens; vision tokens per row
+  Vi = min(Lp, max_pixels // (patch * merge)^2) (one image per prompt at the processor's pixel
+  budget, never more than the prompt holds), Tv = B * merge^2 * Vi vision patches
+  h, I, layers, heads, kv = kv_heads * head_dim, vocab: the language model; hv, Iv, depth,
+  heads_v: the vision tower
+
+Exact (counted from the config; the tests measure the first three on the tiny model):
+  parameters       4 * shard(P)                        fp32 master weights
+  optimizer        8 * shard(Pt) + 4 * nt              AdamW exp_avg, exp_avg_sq, step scalar
+  gradients        4 * shard(Pt)                       fp32, freed by zero_grad after each step
+  rollout engine   rollout.gpu_memory_utilization * G  vllm: reserved when the engine starts
+Estimates (marked ~ in the table):
+  log-prob chunks  rows * vocab * (4 + 4 + c)          two fp32 buffers and the bf16 matmul
+                   + c * B * Ln * h + 12 * B * Ln      output of :func:`logprobs_from_hidden`
+                   (+ c * vocab * h under ddp)         (rows = min(CHUNK_ELEMENTS // vocab,
+                                                       B * Ln)), the gradient of the hidden
+                                                       states, per-token floats, the lm_head
+                                                       gradient (no c-byte buffer when c = 4)
+  DDP buckets      4 * Pt (ddp, N > 1)                 DDP's flat gradient buckets: one more copy
+  bf16 weights     c * Pt (ddp, c < 4)                 autocast's cache of cast weights
+  gathered layers  c * (R + 2 U) (fsdp)                root gathered throughout, one layer in use
+                                                       and the next prefetched
+  unsharded grads  c * Rt + (c + 4) * Ut (fsdp)        root gradient through the backward, one
+                                                       layer's gradient and its fp32 reduce copy
+  activations      per token per layer, saved for backward (RMSNorm, attention, SwiGLU):
+                   a(h, kv, I, heads) = c * (7h + 2kv + 4I) + 8h + 4 heads
+                   without checkpointing: text T * layers * a, vision Tv * depth * av
+                   with checkpointing: each layer keeps its input (c * h per token) and one layer
+                   is recomputed at a time: T * (layers * c * h + a), Tv * (depth * c * hv + av)
+                   + T * (4 + 3c) * h and Tv * (4 + 3c) * hv (final norm, residual gradient)
+                   peak = vision saved + max(text, vision block recomputed): the language
+                   model's backward runs first, the vision tower's after it; a frozen tower saves
+                   nothing. For a small bf16 Qwen2.5-VL on CPU the saved part is within ~12% of
+                   the bytes autograd saves (tests/test_memory_plan.py measures it)
+  KL reference     4 * shard(P) (algo.kl_coef > 0)     a frozen copy of the policy
+  hf KV cache      rollout.micro_batch * (Lp + Ln) * 2 * layers * kv * c + 8 * micro * vocab
+  runtime          2 GiB                               CUDA context, NCCL buffers, allocator slack
+
+Phases: parameters, optimizer, runtime and the vllm reservation are held all the time (the
+engine does not sleep during the update yet: its reservation is counted in full next to the
+update's memory; once it sleeps, it belongs to the rollout phase only). The rest is alive in
+the update or in the rollout: total = held + max(update, rollout). The plan assumes
+flash/memory-efficient attention (no [L, L] score matrices), as bf16 SDPA uses on GPU; it does not
+count the frozen old-log-prob forward (no gradient, smaller than the update) or the allocator's
+fragmentation beyond the runtime reserve.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from stages.errors import MgpoError
+from stages.models.architecture import Architecture, Parameter, architecture
+from stages.train.config import TrainConfig
+from stages.train.logprobs import CHUNK_ELEMENTS
+
+GIB = 2**30
+RUNTIME_BYTES = 2 * GIB
+HELD, UPDATE, ROLLOUT = "always", "update", "rollout"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One line of the plan: bytes per GPU, when they are alive, and the key that changes them."""
+
+    name: str
+    bytes: int
+    phases: tuple[str, ...]  # (HELD,) or some of (UPDATE, ROLLOUT)
+    key: str  # "" : no recipe key changes it (a larger GPU does)
+    estimate: bool = False
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    model: str
+    processes: int
+    gpu_bytes: int
+    strategy: str
+    items: tuple[Item, ...]  # counted in the total
+    aside: tuple[Item, ...]  # shown for comparison only (activations the other way)
+    parameters: int
+    trainable: int
+    image_tokens: int  # language-model tokens of a row's image (Vi)
+
+    @property
+    def by_name(self) -> dict[str, int]:
+        return {item.name: item.bytes for item in self.items}
+
+    def phase_bytes(self, phase: str) -> int:
+        return sum(item.bytes for item in self.items if phase in item.phases)
+
+    @property
+    def total(self) -> int:
+        return self.phase_bytes(HELD) + max(self.phase_bytes(UPDATE), self.phase_bytes(ROLLOUT))
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.gpu_bytes
+
+    @property
+    def largest(self) -> Item:
+        return max(self.items, key=lambda item: item.bytes)
+
+    @property
+    def key(self) -> str:
+        """The recipe key to change first: the largest item's."""
+        return self.largest.key
+
+
+def compute_bytes(dtype: str) -> int:
+    """Bytes per element of the forward/backward: the recipe's dtype (``auto``: bf16 on GPU)."""
+    return 4 if dtype in ("float32", "fp32") else 2
+
+
+def plan_memory(
+    config: TrainConfig, *, processes: int | None = None, gpu_bytes: int | None = None
+) -> MemoryPlan:
+    """The plan of ``config`` on ``processes`` GPUs of ``gpu_bytes`` each (default: the recipe's
+    ``plan.gpus`` x ``plan.gpu_memory_gib``). Reads the model's config, never its weights."""
+    arch = architecture(config.model.name, trust_remote_code=config.model.trust_remote_code)
+    n = processes if processes is not None else config.plan.gpus
+    gpu = gpu_bytes if gpu_bytes is not None else int(config.plan.gpu_memory_gib * GIB)
+    if n < 1 or gpu <= 0:
+        raise MgpoError(f"memory plan: need at least one GPU with memory, got {n} x {gpu} bytes")
+    fsdp = config.trainer.strategy == "fsdp"
+    c = compute_bytes(config.model.dtype)
+    frozen = config.model.freeze_vision
+    trainable = tuple(p for p in arch.parameters if not (frozen and p.vision))
+    ckpt = config.model.gradient_checkpointing
+    state_key = "model.name" if fsdp else "trainer.strategy"
+    items = [
+        Item("parameters (fp32 master)", 4 * _shard(arch.parameters, n, fsdp), (HELD,), state_key),
+        Item(
+            "optimizer (AdamW fp32 moments)",
+            8 * _shard(trainable, n, fsdp) + 4 * len(trainable),
+            (HELD,),
+            state_key,
+        ),
+        Item("gradients (fp32)", 4 * _shard(trainable, n, fsdp), (UPDATE,), state_key),
+        *_weight_copies(arch, trainable, n, fsdp, c, config.rollout.backend == "hf"),
+        Item(
+            _activation_name(ckpt),
+            _activations(config, arch, c, ckpt),
+            (UPDATE,),
+            "optim.micro_batch" if ckpt else "model.gradient_checkpointing",
+            True,
+        ),
+        Item(
+            "log-prob chunks",
+            _logprob_bytes(config, arch, c, fsdp),
+            (UPDATE,),
+            "optim.micro_batch",
+            True,
+        ),
+        *_rollout_items(config, arch, c, gpu),
+        Item("runtime (CUDA context, NCCL, slack)", RUNTIME_BYTES, (HELD,), "", True),
+    ]
+    if config.algo.kl_coef > 0:
+        items.append(
+            Item(
+                "KL reference model",
+                4 * _shard(arch.parameters, n, fsdp),
+                (HELD,),
+                "algo.kl_coef",
+                True,
+            )
+        )
+    aside = Item(
+        _activation_name(not ckpt),
+        _activations(config, arch, c, not ckpt),
+        (UPDATE,),
+        "model.gradient_checkpointing",
+        True,
+    )
+    return MemoryPlan(
+        model=config.model.name,
+        processes=n,
+        gpu_bytes=gpu,
+        strategy=config.trainer.strategy,
+        items=tuple(i for i in items if i.bytes > 0),
+        aside=(aside,),
+        parameters=sum(p.numel for p in arch.parameters),
+        trainable=sum(p.numel for p in trainable),
+        image_tokens=vision_tokens(config, arch),
+    )
+
+
+def _activation_name(checkpointing: bool) -> str:
+    return f"activations ({'with' if checkpointing else 'no'} checkpointing)"
+
+
+def _shard(params: tuple[Parameter, ...], n: int, fsdp: bool) -> int:
+    """Elements this process holds: FSDP2 splits every tensor on dim 0 (rank 0's chunk)."""
+    if not fsdp:
+        return sum(p.numel for p in params)
+    return sum(math.ceil(p.shape[0] / n) * math.prod(p.shape[1:]) if p.shape else 1 for p in params)
+
+
+def _units(params: tuple[Parameter, ...]) -> tuple[int, int]:
+    """(root elements, elements of the largest decoder layer / vision block)."""
+    sizes: dict[str, int] = {}
+    for p in params:
+        sizes[p.unit] = sizes.get(p.unit, 0) + p.numel
+    root = sizes.pop("", 0)
+    return root, max(sizes.values(), default=0)
+
+
+def _weight_copies(
+    arch: Architecture, trainable: tuple[Parameter, ...], n: int, fsdp: bool, c: int, hf: bool
+) -> list[Item]:
+    """Weights and gradients outside the fp32 shards: FSDP's gathered layers, DDP's copies."""
+    pt = sum(p.numel for p in trainable)
+    if not fsdp:
+        out = []
+        if n > 1:
+            out.append(Item("DDP gradient buckets", 4 * pt, (HELD,), "trainer.strategy", True))
+        if c < 4:
+            out.append(
+                Item("bf16 weight copies (autocast)", c * pt, (UPDATE,), "trainer.strategy", True)
+            )
+        return out
+    root, unit = _units(arch.parameters)
+    root_t, unit_t = _units(trainable)
+    reduce_copy = 4 if c != 4 else 0
+    return [
+        Item(
+            "gathered layers (fsdp)",
+            c * (root + 2 * unit),
+            (UPDATE, ROLLOUT) if hf else (UPDATE,),  # hf generates with the sharded policy
+            "model.name",
+            True,
+        ),
+        Item(
+            "unsharded gradients (fsdp)",
+            c * root_t + (c + reduce_copy) * unit_t,
+            (UPDATE,),
+            "model.name",
+            True,
+        ),
+    ]
+
+
+def layer_bytes(hidden: int, kv: int, intermediate: int, heads: int, c: int) -> int:
+    """Bytes one pre-norm attention + SwiGLU layer saves for backward, per token: the two RMSNorms'
+    fp32 inputs (8h) and normalised outputs (2ch), q, k, v, the attention output and its copy for
+    the output projection, the MLP's gate, up, activation and product, the attention's fp32
+    log-sum-exp per head."""
+    return c * (7 * hidden + 2 * kv + 4 * intermediate) + 8 * hidden + 4 * heads
+
+
+def vision_tokens(config: TrainConfig, arch: Architecture) -> int:
+    """Language-model tokens of a row's image: the pixel budget's, at most the prompt budget."""
+    if arch.vision is None:
+        return 0
+    return min(config.rollout.max_prompt_tokens, arch.vision.tokens_per_image)
+
+
+def _activations(config: TrainConfig, arch: Architecture, c: int, checkpointing: bool) -> int:
+    """Peak bytes saved for backward by one micro-batch (see the module docstring)."""
+    rows = config.optim.micro_batch
+    t = arch.text
+    tokens = rows * (config.rollout.max_prompt_tokens + config.rollout.max_new_tokens)
+    a = layer_bytes(t.hidden, t.kv_heads * t.head_dim, t.intermediate, t.heads, c)
+    per_layer = c * t.hidden if checkpointing else a
+    text = tokens * (t.layers * per_layer + (4 + 3 * c) * t.hidden + (a if checkpointing else 0))
+    v = arch.vision
+    if v is None or config.model.freeze_vision:
+        return text
+    patches = rows * v.merge**2 * vision_tokens(config, arch)
+    av = layer_bytes(v.hidden, v.hidden, v.intermediate, v.heads, c)
+    per_block = c * v.hidden if checkpointing else av
+    vision = patches * (v.depth * per_block + (4 + 3 * c) * v.hidden)
+    return vision + max(text, patches * av if checkpointing else 0)
+
+
+def _logprob_bytes(config: TrainConfig, arch: Architecture, c: int, fsdp: bool) -> int:
+    """The chunked lm_head log-probs of the update (:func:`logprobs_from_hidden`)."""
+    vocab, hidden = arch.text.vocab, arch.text.hidden
+    positions = config.optim.micro_batch * config.rollout.max_new_tokens
+    rows = min(max(1, CHUNK_ELEMENTS["other"] // vocab), positions)
+    buffers = rows * vocab * (8 + (c if c != 4 else 0))
+    head_grad = 0 if fsdp else c * vocab * hidden  # under fsdp: in the root's gradient
+    return buffers + positions * (c * hidden + 12) + head_grad
+
+
+def _rollout_items(config: TrainConfig, arch: Architecture, c: int, gpu: int) -> list[Item]:
+    r = config.rollout
+    if r.backend == "vllm":
+        name = f"rollout engine (vllm, {r.gpu_memory_utilization:g} of the GPU)"
+        return [
+            Item(
+                name, int(r.gpu_memory_utilization * gpu), (HELD,), "rollout.gpu_memory_utilization"
+            )
+        ]
+    t = arch.text
+    length = r.max_prompt_tokens + r.max_new_tokens
+    kv_cache = r.micro_batch * length * 2 * t.layers * t.kv_heads * t.head_dim * c
+    logits = 8 * r.micro_batch * t.vocab  # fp32 logits and probabilities of one decoding step
+    return [
+        Item(
+            "rollout KV cache (hf generate)",
+            kv_cache + logits,
+            (ROLLOUT,),
+            "rollout.micro_batch",
+            True,
+        )
+    ]
+
+
+# -- where the plan runs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hardware:
+    processes: int
+    gpu_bytes: int
+    source: str  # said under the table
+    live: bool  # the GPUs this process runs on (a plan that does not fit is refused)
+
+
+def live_hardware(config: TrainConfig) -> Hardware | None:
+    """The GPUs this run would use: WORLD_SIZE processes (set by accelerate launch / torchrun)
+    on this process's device; None on a machine without CUDA or with ``trainer.device: cpu``."""
+    import torch
+
+    if config.trainer.device == "cpu" or not torch.cuda.is_available():
+        return None
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+    props = torch.cuda.get_device_properties(local)
+    source = f"this machine: {processes} process(es), cuda:{local} {props.name}"
+    return Hardware(processes, props.total_memory, source, live=True)
+
+
+def plan_hardware(
+    config: TrainConfig, *, gpus: int | None = None, gpu_memory_gib: float | None = None
+) -> Hardware:
+    """What ``--plan`` describes: ``--gpus`` / ``--gpu-memory`` when given, else the GPUs this
+    process runs on, else the recipe's target node (``plan.gpus`` x ``plan.gpu_memory_gib``)."""
+    live = live_hardware(config)
+    if gpus is not None or gpu_memory_gib is not None:
+        n = gpus if gpus is not None else (live.processes if live else config.plan.gpus)
+        if gpu_memory_gib is not None:
+            memory = int(gpu_memory_gib * GIB)
+        else:
+            memory = live.gpu_bytes if live else int(config.plan.gpu_memory_gib * GIB)
+        return Hardware(n, memory, "--gpus / --gpu-memory", live=False)
+    if live is not None:
+        return live
+    target = int(config.plan.gpu_memory_gib * GIB)
+    source = "the recipe's target node (plan.gpus, plan.gpu_memory_gib; no GPU here)"
+    return Hardware(config.plan.gpus, target, source, live=False)
+
+
+def check_fits(config: TrainConfig) -> None:
+    """Refuse a run whose plan does not fit, before anything is loaded (``plan.check``: auto
+    checks on GPUs only, always also on CPU against the recipe's target node, never skips)."""
+    if config.plan.check == "never":
+        return
+    hardware = live_hardware(config)
+    if hardware is None and config.plan.check == "auto":
+        return  # CPU: fp32 compute in host memory; the plan describes GPUs
+    hardware = hardware or plan_hardware(config)
+    plan = plan_memory(config, processes=hardware.processes, gpu_bytes=hardware.gpu_bytes)
+    if not plan.fits:
+        raise MgpoError(refusal(plan))
+
+
+def refusal(plan: MemoryPlan) -> str:
+    """The one line a run that does not fit stops with."""
+    big = plan.largest
+    change = f"change {big.key}" if big.key else "use GPUs with more memory"
+    return (
+        f"memory plan: {gib(plan.total)} per GPU does not fit in {gib(plan.gpu_bytes)}"
+        f" ({plan.processes} x {plan.strategy}); largest item: {big.name} {gib(big.bytes)},"
+        f" {change} (mgpo train --plan shows every item; plan.check=never runs anyway)"
+    )
+
+
+def gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB"
