@@ -1,5 +1,6 @@
 """``mgpo eval`` end to end on the built-in tiny model: real CLI runs on local benchmark copies
-in their hub schemas (tests/eval_fixtures.py) and the built-in ``shapes`` benchmark.
+laid out as their hub snapshots are published (tests/eval_fixtures.py) and the built-in
+``shapes`` benchmark.
 
 The main runs are subprocesses (``run_cli``); runs that must stop at a bad input, or only reuse
 finished work, go through the same console entry point in this process (``run_main``).
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from eval_fixtures import (
+    geometry3k_record,
     mathverse_record,
     mathvision_record,
     mathvista_record,
@@ -34,9 +36,15 @@ FAST = ("--limit", "2", "--max-new-tokens", "4", "--workers", "1", "--batch-size
 ROLLOUT_COLUMNS = ("response_ids", "logprobs", "finish_reason", "policy_step")
 
 
+# Items per benchmark in ``suite_source``, and with ``--limit 2`` (We-Math: two composite
+# problems, every row of each).
+ITEMS = {"mathvista": 3, "mathverse": 4, "mathvision": 3, "wemath": 10, "geometry3k": 3}
+LIMITED = {"mathvista": 2, "mathverse": 2, "mathvision": 2, "wemath": 6, "geometry3k": 2}
+
+
 @pytest.fixture(scope="module")
 def suite_source(tmp_path_factory) -> Path:
-    """One folder per benchmark of the paper's suite, each a small copy in its hub schema."""
+    """One folder per benchmark of the paper's suite, each a hub snapshot as published."""
     root = tmp_path_factory.mktemp("benchmarks")
     write_mathvista(
         root,
@@ -51,8 +59,9 @@ def suite_source(tmp_path_factory) -> Path:
         root,
         [
             mathverse_record(1, 1, "Text Dominant", question, "B", "multi-choice"),
-            mathverse_record(2, 2, "Vision Only", "", "3", "free-form"),
+            mathverse_record(2, 2, "Vision Only", "", "3", "free-form", "Find y."),
             mathverse_record(3, 3, "Text Lite", "Find x.", "2", "free-form"),
+            mathverse_record(4, 1, "Vision Only", "", "B", "multi-choice", question),
         ],
     )
     options = ["1", "2", "3", "4", "5"]
@@ -60,19 +69,22 @@ def suite_source(tmp_path_factory) -> Path:
         root,
         {
             "test": [
-                mathvision_record(i, "C", options, level=1, subject="arithmetic") for i in (1, 2)
-            ]
+                mathvision_record(i, "C", options, level=1, subject="arithmetic") for i in (1, 2, 3)
+            ],
+            "testmini": [mathvision_record(9, "$\\frac{1}{3}$", [], 2, "algebra")],
         },
     )
-    write_wemath(root, [wemath_record(str(n), "2steps_1", "A", n, "concept") for n in range(3)])
+    parts = {"2steps": ("1", "2", "multi"), "3steps": ("1", "2", "3", "multi")}
+    wemath = [
+        wemath_record(f"{steps}_{n}", f"{steps}_{part}", "A", 10 * n + i, "concept")
+        for steps, n in (("2steps", 1), ("2steps", 2), ("3steps", 1))
+        for i, part in enumerate(parts[steps])
+    ]
+    write_wemath(root, wemath)
     write_geometry3k(
         root,
         [
-            {
-                "images": [{"bytes": png((i * 60, 0, 0)), "path": None}],
-                "problem": f"<image>x{i}?",
-                "answer": str(i),
-            }
+            geometry3k_record(i, f"<image>x{i}?", ["0", "1", "2", "3"], i, png((i * 60, 0, 0)))
             for i in range(3)
         ],
     )
@@ -93,7 +105,12 @@ def _predictions(folder: Path) -> list[dict]:
     return list(shards.iter_rows())
 
 
-def _check_pair(folder: Path, bench_name: str, expected_rows: int) -> None:
+def _results(out: Path, tag: str, bench_name: str) -> Path:
+    """``OUT/TAG/BENCH/SPLIT`` of a benchmark's default split."""
+    return out / tag / bench_name / get_benchmark(bench_name).default_split
+
+
+def _check_pair(folder: Path, bench_name: str, expected_rows: int, limit: int | None = 2) -> None:
     """Shards readable as their kinds; summary.json agrees with the per-item ``correct``; each
     ``correct`` is what the benchmark's rules say of that response."""
     bench = get_benchmark(bench_name)
@@ -120,7 +137,7 @@ def _check_pair(folder: Path, bench_name: str, expected_rows: int) -> None:
         correct,
     )
     assert summary["headline"]["accuracy"] == pytest.approx(correct / len(rows))
-    assert summary["settings"]["limit"] == 2 and summary["settings"]["temperature"] == 0.0
+    assert summary["settings"]["limit"] == limit and summary["settings"]["temperature"] == 0.0
 
 
 @pytest.mark.slow
@@ -145,7 +162,7 @@ def test_all_with_two_models_gives_one_table(suite_source, run_dir, tmp_path):
     for tag in tags:
         assert sorted(p.name for p in (out / tag).iterdir()) == sorted(SUITE)  # no shapes
         for bench_name in SUITE:
-            _check_pair(out / tag / bench_name, bench_name, expected_rows=2)
+            _check_pair(_results(out, tag, bench_name), bench_name, LIMITED[bench_name])
     table = result.stdout
     assert table.count("Results (%)") == 1
     rows = [line for line in table.splitlines() if line.startswith("│")]
@@ -155,8 +172,25 @@ def test_all_with_two_models_gives_one_table(suite_source, run_dir, tmp_path):
     assert "shapes" not in table
     # The same tiny weights under two names: greedy responses are the same.
     for bench_name in SUITE:
-        a, b = (_predictions(out / tag / bench_name) for tag in tags)
+        a, b = (_predictions(_results(out, tag, bench_name)) for tag in tags)
         assert [r["response"] for r in a] == [r["response"] for r in b]
+
+
+@pytest.mark.slow
+def test_all_on_hub_snapshots_scores_every_item(suite_source, tmp_path):
+    """``mgpo eval all --source DIR`` on the published layouts (README configs, JSON siblings,
+    key-major We-Math, Geometry3K's current columns, MathVision's decoded_image) completes and
+    each summary counts every item of its split."""
+    out = tmp_path / "evals"
+    result = run_cli(
+        "eval", "all", "--source", suite_source, "--model", "tiny", "--out", out, *FAST[2:]
+    )
+    assert result.returncode == 0, result.stderr
+    for bench_name in SUITE:
+        folder = _results(out, "tiny", bench_name)
+        _check_pair(folder, bench_name, ITEMS[bench_name], limit=None)
+    dims = read_summary(_results(out, "tiny", "wemath") / "summary.json")["four_dimensional"]
+    assert dims["composite_problems"] == 3 and dims["incomplete_groups"] == 0
 
 
 @pytest.mark.slow
@@ -165,7 +199,7 @@ def test_shapes_rescoring_reuse_and_changed_settings(tiny_model_dir, tmp_path):
     args = ("eval", "shapes", "--model", "tiny", "--out", out, *FAST[2:], "--limit", "4")
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
-    folder = out / "tiny" / "shapes"
+    folder = out / "tiny" / "shapes" / "test"
     prompts = list(open_shards(folder / "prompts", "prompts").iter_rows())
     # Exactly what `mgpo prepare shapes --split test` makes (the tiny recipe's data).
     from stages.prepare import DATASETS, PrepareOptions
@@ -248,7 +282,7 @@ def test_bad_sources_write_nothing(tiny_model_dir, suite_source, tmp_path):
         "--out",
         out,
     )
-    assert_user_error(result, "no files for split 'testmini'")
+    assert_user_error(result, "README.md: split 'testmini' is data/testmini-*, which matches no")
     partial = tmp_path / "partial"
     shutil.copytree(suite_source / "mathvista", partial / "mathvista")
     result = run_main("eval", "all", "--source", partial, "--model", "tiny", "--out", out)
@@ -278,3 +312,57 @@ def test_model_tags(tiny_model_dir, tmp_path):
     result = run_main("eval", "shapes", "--model", run, "--out", tmp_path / "evals")
     assert_user_error(result, "no final policy yet", "step-000010")
     assert not (tmp_path / "evals").exists()
+
+
+def test_a_source_that_fails_to_load_leaves_nothing_and_the_fixed_rerun_runs(
+    tiny_model_dir, suite_source, tmp_path
+):
+    """A loader failure is one line (exit 2) and writes no settings, so the rerun on the
+    repaired copy is not refused as "evaluated before with other settings"."""
+    source = tmp_path / "mathverse"
+    shutil.copytree(suite_source / "mathverse", source)
+    good = (source / "testmini.parquet").read_bytes()
+    (source / "testmini.parquet").write_bytes(b"PAR1 not really a parquet file PAR1")
+    out = tmp_path / "evals"
+    args = ("eval", "mathverse", "--source", source, "--model", "tiny", "--out", out, *FAST)
+    assert_user_error(run_main(*args), "--source", "could not read")
+    assert not out.exists()
+    (source / "testmini.parquet").write_bytes(good)
+    result = run_main(*args)
+    assert result.returncode == 0, result.stderr
+    _check_pair(out / "tiny" / "mathverse" / "testmini", "mathverse", 2)
+
+
+def test_split_and_subset_have_their_own_folders(tiny_model_dir, suite_source, tmp_path):
+    out = tmp_path / "evals"
+    common = ("--source", suite_source / "mathverse", "--model", "tiny", "--out", out, *FAST)
+    full = run_main("eval", "mathverse", *common)
+    subset = run_main("eval", "mathverse", "--subset", "vision_only", *common)
+    assert full.returncode == 0 and subset.returncode == 0, full.stderr + subset.stderr
+    folder = out / "tiny" / "mathverse"
+    assert sorted(p.name for p in folder.iterdir()) == ["testmini", "testmini-vision_only"]
+    whole = read_summary(folder / "testmini" / "summary.json")
+    vision = read_summary(folder / "testmini-vision_only" / "summary.json")
+    assert whole["settings"]["subset"] is None and vision["settings"]["subset"] == "vision_only"
+    assert list(vision["breakdowns"]["problem_version"]) == ["Vision Only"]
+
+
+def test_mathvista_test_split_gives_predictions_and_no_accuracy(
+    tiny_model_dir, suite_source, tmp_path
+):
+    out = tmp_path / "evals"
+    source = suite_source / "mathvista"
+    result = run_main(
+        "eval", "mathvista", "--split", "test", "--source", source, "--model", "tiny",
+        "--out", out, *FAST,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    folder = out / "tiny" / "mathvista" / "test"
+    rows = _predictions(folder)
+    assert len(rows) == 2 and {r["answer"] for r in rows} == {""}
+    summary = read_summary(folder / "summary.json")
+    assert summary["headline"] == {"accuracy": None} and summary["total"] == 2
+    assert "correct" not in summary
+    assert "no public answers" in " ".join(result.stdout.split())
+    table_row = next(line for line in result.stdout.splitlines() if line.startswith("│ tiny"))
+    assert "–" in table_row  # a dash, not 0.0

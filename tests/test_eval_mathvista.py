@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from eval_fixtures import mathvista_record, write_mathvista
+from eval_fixtures import mathvista_record, tree, write_mathvista
 from stages.eval import get_benchmark, score_rows
 
 BENCH = get_benchmark("mathvista")
@@ -131,3 +131,30 @@ def test_summary_breakdowns_by_task_and_skill(rows):
 def test_limit_keeps_the_first_rows(tmp_path):
     source = write_mathvista(tmp_path, RECORDS)
     assert [r["meta"]["pid"] for r in BENCH.load(source=source, limit=2)] == ["1", "2"]
+
+
+def test_hub_snapshot_reads_the_configured_split(tmp_path):
+    source = write_mathvista(tmp_path, RECORDS)
+    top = ["README.md", "annot_testmini.json", "images.zip", "source.json"]
+    data = ["test-00000-of-00002", "test-00001-of-00002-6a611c71596db30f"]
+    data += ["testmini-00000-of-00001-725687bf7a18d64b"]
+    assert tree(source) == sorted(top + [f"data/{name}.parquet" for name in data])
+    assert len(BENCH.load(source=source)) == len(RECORDS)  # not the test files, not the JSON
+
+
+def test_test_split_has_no_answers_so_no_accuracy(tmp_path):
+    test = [
+        mathvista_record("t1", None, "free_form", "integer", split="test"),
+        mathvista_record("t2", None, "multi_choice", "text", choices=["3", "4"], split="test"),
+        mathvista_record("t3", None, "free_form", "float", precision=1.0, split="test"),
+    ]
+    source = write_mathvista(tmp_path, RECORDS, test=test)
+    rows = BENCH.load(source=source, split="test")  # two parquet files, as published
+    assert [r["id"] for r in rows] == ["mathvista-t1", "mathvista-t2", "mathvista-t3"]
+    assert [r["answer"] for r in rows] == ["", "", ""]  # null, not the string "None"
+    scored = score_rows(BENCH, rows, ["\\boxed{12}", "\\boxed{B}", "about 1.54"])
+    assert [r["normalised"] for r in scored] == ["12", "4", ""]  # predictions still normalised
+    summary = BENCH.summarise(scored, split="test")
+    assert summary["headline"] == {"accuracy": None} and "correct" not in summary
+    assert summary["total"] == 3 and "no public answers" in summary["note"]
+    assert BENCH.summarise(scored, split="testmini")["headline"] == {"accuracy": 0.0}

@@ -81,3 +81,23 @@ def test_render_and_summary_json_round_trip(tmp_path):
     render(console, summaries, details=True)
     text = console.export_text()
     assert "Results (%)" in text and "four-dimensional" in text and "accuracy by task" in text
+
+
+def test_a_split_without_answers_shows_a_dash_and_its_note():
+    summaries = _summaries()
+    note = "mathvista test has no public answers: predictions only"
+    summaries["mgpo"] = {
+        "mathvista": {
+            "bench": "mathvista",
+            "total": 5,
+            "headline": {"accuracy": None},
+            "note": note,
+        }
+    }
+    text = _text(results_table(summaries))
+    mgpo = next(line for line in text.splitlines() if line.strip().startswith("│ mgpo"))
+    assert [c.strip() for c in mgpo.split("│")[2:-1]] == ["–", "–", "–", "–", "–"]
+    assert average(summaries["mgpo"], ["mathvista"]) is None
+    console = Console(record=True, width=200, color_system=None)
+    render(console, summaries)
+    assert f"note: {note}" in console.export_text()

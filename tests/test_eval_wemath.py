@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval_fixtures import wemath_record, write_wemath
+from eval_fixtures import WEMATH_KEYS, tree, wemath_record, write_wemath
 from stages.eval import get_benchmark, score_rows
 from stages.eval.wemath import four_dimensions, parse_options, read_letter
 
@@ -63,6 +63,43 @@ def scored(tmp_path_factory):
     source = write_wemath(tmp_path_factory.mktemp("wemath"), RECORDS)
     rows = BENCH.load(source=source)
     return score_rows(BENCH, rows, [RESPONSES[r["id"]] for r in rows])
+
+
+def test_hub_snapshot_is_read_from_its_parquet_file_in_key_major_order(tmp_path):
+    """The published tree has no README configs and a JSON copy beside the parquet file (the
+    JSON's image paths point into testmini.zip); reading both used to crash."""
+    source = write_wemath(tmp_path, RECORDS)
+    assert tree(source) == [
+        "README.md",
+        "data/testmini-00000-of-00001-adbfe22dcd3558e6.parquet",
+        "knowledge_structure_nodes.json",
+        "testmini.json",
+        "testmini.zip",
+    ]
+    rows = BENCH.load(source=source)
+    assert len(rows) == len(RECORDS) == 38
+    keys = [r["meta"]["key"] for r in rows]
+    assert keys == sorted(keys, key=WEMATH_KEYS.index)  # all 2steps_1 rows first, as published
+    assert keys[:6] == ["2steps_1"] * 6
+
+
+@pytest.mark.parametrize(
+    ("limit", "groups"),
+    [
+        (1, ["2steps_1"]),
+        (2, ["2steps_1", "2steps_2"]),
+        (7, [*TWO_STEP, "3steps_1"]),
+        (100, [*TWO_STEP, *THREE_STEP]),
+    ],
+)
+def test_limit_counts_whole_composite_problems(tmp_path, limit, groups):
+    rows = BENCH.load(source=write_wemath(tmp_path, RECORDS), limit=limit)
+    assert list(dict.fromkeys(r["meta"]["group"] for r in rows)) == groups
+    expected = sum(3 if g.startswith("2") else 4 for g in groups)
+    assert len(rows) == expected  # every sub-problem and the composite of each group
+    scored = score_rows(BENCH, rows, [RESPONSES[r["id"]] for r in rows])
+    dims = BENCH.summarise(scored)["four_dimensional"]
+    assert dims["composite_problems"] == len(groups) and dims["incomplete_groups"] == 0
 
 
 def test_load_plain_parquet_with_image_structs(tmp_path):

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from stages.errors import MgpoError
 from stages.score import runner
 from stages.score.extract import has_think_format, last_boxed
-from stages.score.math_reward import clean_answer, is_correct, math_reward
+from stages.score.math_reward import clean_answer, is_correct, math_reward, shown_choices
+from stages.score.rewards import BUILTIN_REWARDS
 from stages.score.runner import ScorePool, score_items, summarize
 
 # Geometry3K-style choice list: answers in the data set are values; some sets give letters.
@@ -267,6 +268,41 @@ def test_is_correct_without_choices(extracted, answer, correct):
 )
 def test_is_correct_with_choices(extracted, answer, correct):
     assert is_correct(extracted, answer, CHOICES) is correct
+
+
+@pytest.mark.parametrize(
+    ("prompt", "shown"),
+    [
+        ("Find x.\nChoices:\n(A) 48\n(B) 52\n(C) 60\n(D) 24 Answer in \\boxed{}.", True),
+        ("Find x. A. 48 B. 52 C. 60 D. 24", True),
+        ("Find x.\nA: 48\nB: 52\nC: 60\nD: 24", True),
+        ("Find x. You FIRST think ... put in \\boxed{}.", False),  # the default template
+        ("Find x. Choose from: 48, 52, 60, 24.", False),  # listed, but without letters
+        ("Find x. (A) 48 (B) 52 (C) 60", False),  # one option missing
+        ("Find x. (A) 52 (B) 48 (C) 60 (D) 24", False),  # letters naming other options
+        ("Find x. (A) 480 (B) 52 (C) 60 (D) 24", False),  # "48" only as part of "480"
+        ("", False),
+    ],
+)
+def test_shown_choices_needs_every_lettered_option(prompt, shown):
+    choices = ["48", "52", "60", "24"]
+    assert shown_choices(prompt, choices) == (choices if shown else None)
+    assert shown_choices(prompt, None) is None
+
+
+THINK_LETTER = "<think>it is the second</think> \\boxed{B}"
+
+
+def test_math_reward_item_accepts_a_letter_only_when_shown():
+    """What the score stage calls: the item's prompt decides whether ``choices`` count."""
+    math, _ = BUILTIN_REWARDS["math"]
+    choices = ["48", "52", "60", "24"]
+    response = THINK_LETTER
+    shown = "Find x.\n(A) 48\n(B) 52\n(C) 60\n(D) 24"
+    assert math(response, "52", choices=choices, prompt=shown)["accuracy"] == 1.0
+    assert math(response, "52", choices=choices, prompt="Find x.")["accuracy"] == 0.0
+    assert math(response, "52", choices=choices)["accuracy"] == 0.0  # no prompt: no letters
+    assert math("<think>t</think> \\boxed{52}", "52", choices=choices)["accuracy"] == 1.0
 
 
 @pytest.mark.parametrize(

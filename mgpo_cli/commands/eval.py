@@ -44,14 +44,21 @@ def evaluate(
     subset: str = typer.Option(
         None, help="Benchmark subset, e.g. mathverse vision_only, shapes medium."
     ),
-    query: str = typer.Option(None, help="Query variant (mathverse: cot or wo)."),
-    limit: int = typer.Option(None, help="Only the first K items of each benchmark."),
+    query: str = typer.Option(
+        None, help="Query variant (mathverse: cot or wo; geometry3k: standard or choices)."
+    ),
+    limit: int = typer.Option(
+        None, help="Only the first K items of each benchmark (wemath: K composite problems)."
+    ),
     source: Path = typer.Option(
         None,
-        help="Local copy instead of the hub (parquet/json/jsonl files in the hub's columns); "
-        "with 'all', a folder holding one folder per benchmark.",
+        help="Local copy instead of the hub: a downloaded hub snapshot folder (its README "
+        "configs pick the files) or parquet/json/jsonl files in the hub's columns; with 'all', "
+        "a folder holding one folder per benchmark.",
     ),
-    out: Path = typer.Option(Path("evals"), help="Results folder: OUT/MODEL_TAG/BENCH/..."),
+    out: Path = typer.Option(
+        Path("evals"), help="Results folder: OUT/MODEL_TAG/BENCH/SPLIT[-SUBSET]/..."
+    ),
     judge: str = typer.Option(
         None,
         help="OpenAI-compatible server asked for the answer when rules find none "
@@ -84,7 +91,8 @@ def evaluate(
 ) -> None:
     """Evaluate models on benchmarks; prints one results table, models side by side.
 
-    Greedy decoding by default. Results: OUT/MODEL_TAG/BENCH/ prompts, rollouts, predictions, summary.json.
+    Greedy decoding by default. Results: OUT/MODEL_TAG/BENCH/SPLIT[-SUBSET]/ prompts, rollouts,
+    predictions, summary.json.
 
     A rerun with the same settings reuses finished work (a killed run resumes where it stopped).
     """

@@ -8,7 +8,7 @@ What ``mgpo eval`` needs, end to end::
     scored = score_rows_timed(bench, rows, responses, judge=Judge(url) or None,
                               workers=K, timeout_s=10)   # eval shard rows, each item time-limited
     # (score_rows: the same in-process, no time limit; fine for tests and trusted responses)
-    summary = bench.summarise(scored)             # JSON-able: headline, breakdowns, ...
+    summary = bench.summarise(scored, split)      # JSON-able: headline, breakdowns, ...
     render(console, {model_name: {bench.name: summary}})
 """
 

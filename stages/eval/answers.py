@@ -186,15 +186,16 @@ def math_equal(gold: str, pred: str | None, decimals: int | None = None) -> bool
     """Whether ``pred`` states the same answer as ``gold``: plain string match, then the math
     reward's comparison (math-verify, ``stages.score.math_reward.answers_match``).
 
-    ``decimals`` first compares plain numbers rounded to that many places (MathVision compares
-    at 2 decimals), as the official evaluators do with ``round(x, 2)``.
+    With ``decimals`` (MathVision compares at 2), two answers that both evaluate to numbers,
+    LaTeX included (``\\frac{1}{3}``, ``2\\sqrt{2}``, ``0.33``), are equal exactly when they
+    are equal after ``round(x, decimals)``, as the official evaluators decide it.
     """
     if pred is None or not pred.strip() or not gold.strip():
         return False
     if normalise_text(gold) == normalise_text(pred):
         return True
     if decimals is not None:
-        g, p = plain_number(gold), plain_number(pred)
+        g, p = number_value(gold), number_value(pred)
         if g is not None and p is not None:
             return round(g, decimals) == round(p, decimals)
     return answers_match(pred, gold)

@@ -5,6 +5,10 @@ A ``Benchmark`` turns raw dataset records into prompt rows (the COMMON row contr
 ``meta``), scores one response against one row, and summarises scored rows into headline
 numbers and breakdowns. Each benchmark module supplies the pure functions; this module owns
 loading, validation (unknown split or subset -> ``MgpoError``) and the judge fallback.
+
+Two things vary by benchmark beyond its functions: what ``--limit`` counts (rows, or whole units
+such as We-Math's composite problems, whose four-dimensional metrics need every part), and
+splits whose answers are not public (MathVista test): their summary reports predictions only.
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ class Benchmark:
     subsets: Mapping[str, Subset] = field(default_factory=dict)
     queries: tuple[str, ...] = ("standard",)
     notes: str = ""  # where rule-based scoring may differ from the official LLM-judged numbers
+    # A column naming whole units: --limit K keeps every row of its first K values (None: rows)
+    limit_by: str | None = None
+    unanswered_splits: tuple[str, ...] = ()  # splits released without answers
 
     def check_options(self, split: str | None, subset: str | None, query: str | None) -> str:
         """The split to use; one-line MgpoError for an unknown split, subset or query."""
@@ -100,21 +107,23 @@ class Benchmark:
         if limit is not None and limit < 0:
             raise MgpoError(f"--limit must be >= 0, got {limit}")
         chosen = self.subsets.get(subset) if subset else None
-        records = sources.read(
-            self.hub_id,
-            self.hub_configs.get(split),
-            source,
-            split,
-            list(self.splits),
-            chosen.keep if chosen else None,
-            chosen.column if chosen else None,
-            limit,
+        config = self.hub_configs.get(split)
+        dataset, base = sources.open_split(self.hub_id, config, source, split, list(self.splits))
+        where = f"{self.name} {split} ({source or self.hub_id})"
+        indices = sources.select(
+            dataset,
+            where,
+            keep=chosen.keep if chosen else None,
+            filter_column=chosen.column if chosen else None,
+            limit=limit,
+            unit_column=self.limit_by,
         )
+        records = sources.read_rows(dataset, indices, where)
         render = prompt_template(template)
         rows = []
-        for index, record in zip(records.indices, records.rows, strict=True):
+        for index, record in zip(indices, records, strict=True):
             where = f"{self.name} {split} row {index}"
-            images = self._images(record, records.base, where)
+            images = self._images(record, base, where)
             try:
                 row = self.build_row(record, index, split, images, query or self.queries[0])
             except KeyError as error:
@@ -151,12 +160,24 @@ class Benchmark:
         result = self.check(row, extracted)
         return {"extracted": extracted or "", "via": via, **result}
 
-    def summarise(self, scored: Iterable[Row]) -> dict[str, Any]:
-        """Headline numbers and breakdowns of scored rows (see ``scored_record``)."""
+    def summarise(self, scored: Iterable[Row], split: str | None = None) -> dict[str, Any]:
+        """Headline numbers and breakdowns of scored rows (see ``scored_record``).
+
+        For a split without public answers there is nothing to score against: the summary
+        counts the predictions, its headline accuracy is None and ``note`` says why.
+        """
         rows = [dict(r, meta=meta_of(r)) for r in scored]
-        summary = {"bench": self.name, **self.summarise_rows(rows)}
-        summary["via"] = count_by(rows, lambda r: [str(r.get("via", "rule"))])
-        return summary
+        if split in self.unanswered_splits:
+            body: dict[str, Any] = {
+                "total": len(rows),
+                "headline": {"accuracy": None},
+                "note": f"{self.name} {split} has no public answers: predictions only, no "
+                "accuracy (submit them to the benchmark's own evaluation)",
+            }
+        else:
+            body = self.summarise_rows(rows)
+        via = count_by(rows, lambda r: [str(r.get("via", "rule"))])
+        return {"bench": self.name, **body, "via": via}
 
 
 def meta_of(row: Mapping[str, Any]) -> dict[str, Any]:

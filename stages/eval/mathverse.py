@@ -2,26 +2,40 @@
 788 problems x 5 versions); ``--subset vision_only`` keeps the 788 "Vision Only" rows, and
 ``text_dominant`` / ``text_lite`` / ``vision_intensive`` / ``vision_dominant`` the others.
 
+Hub snapshot: ``README.md`` (``configs``: ``testmini: testmini.parquet``, ``testmini_text_only:
+testmini_text_only.parquet``), ``testmini.parquet``, ``testmini.json`` (the same rows, images as
+paths into ``images.zip``), ``testmini_text_only.{parquet,json}``, ``images.zip``. The README
+block picks ``testmini.parquet``; a copy without it gets parquet before json.
+
 Schema assumed (hub ``testmini`` features): ``sample_index``, ``problem_index``,
 ``problem_version``, ``question``, ``image`` (image), ``answer``, ``question_type``
 (``multi-choice`` / ``free-form``), ``metadata`` (``split``, ``source``, ``subject``,
-``subfield``), ``query_wo``, ``query_cot``, ``question_for_eval``.
+``subfield``), ``query_wo``, ``query_cot``, ``question_for_eval``. "Vision Only" rows have an
+empty ``question`` (the problem is in the image); their full text, choices included, is in
+``question_for_eval``, which is also what the official judge is shown.
 
 Prompt: the item's ``query_cot`` (``--query cot``, default) or ``query_wo`` (``--query wo``),
 then our answer format.
 
-Scoring: the official pipeline has GPT-4 extract the answer, then GPT-4 judge it against the
-gold answer ("consistent" when the letter matches for multiple choice, or the meaning matches
-for free form, e.g. 0.5 m and 50 cm). Here: multiple choice compares the option letter (an
-answer given as an option's text, when the choices can be read from the question, is mapped to
-its letter); free form uses math-aware equality (math-verify). Breakdowns: per problem version
-(the official table), subject, subfield and question type.
+Scoring: the official pipeline (``evaluation/extract_answer_s1.py``, ``score_answer_s2.py``) has
+GPT-4 extract the answer, then GPT-4 judge it against the gold answer given
+``question_for_eval`` ("consistent" only when it completely matches the standard answer; for
+free form when the meaning matches, e.g. 0.5 m and 50 cm); its optional ``--quick_match`` is
+plain string equality. Here, by rules:
+- multiple choice compares *sets of option letters*. The gold answer is usually one letter, but
+  the real data also holds "(C)", two letters for "choose 2 answers" items ("C\\nD", "A\\nC":
+  both and only both must be given) and option text ("False", "090^\\circ T": the letter of that
+  option, or the text itself, counts). The response's answer is read as letters ("B", "(B)",
+  "B: 60°", "C and D", "C, D") or, failing that, as an option's text mapped to its letter; the
+  choices are read from ``question_for_eval`` ("Choices:" / "Choice:" lines "A:x", "A. x"),
+  so Vision Only rows map option text too;
+- free form uses math-aware equality (math-verify).
+Breakdowns: per problem version (the official table), subject, subfield and question type.
 
 Where rules may differ from the GPT-4 judge:
 - answers with different units (0.5 m vs 50 cm) or wordy answers (domains and ranges written in
   prose, "the function is increasing") are judged by meaning there and by expression here;
-- in vision-only rows the choices are only in the image, so an option given as text (not a
-  letter) cannot be mapped to its letter and counts wrong;
+- option text is matched to a choice by normalised string or math-verify equality, not meaning;
 - a response with no boxed answer, answer tag, answer phrase or short final line counts wrong
   unless ``--judge`` is given.
 """
@@ -31,7 +45,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from stages.eval.answers import choice_letter, final_answer, math_equal, normalise_text
+from stages.eval.answers import (
+    choice_letter,
+    final_answer,
+    math_equal,
+    normalise_text,
+    unwrap_latex,
+)
 from stages.eval.benchmark import (
     Benchmark,
     Row,
@@ -48,25 +68,30 @@ VERSIONS = {
     "vision_only": "Vision Only",
 }
 _QUERY_COLUMNS = {"cot": "query_cot", "wo": "query_wo"}
-_CHOICE_LINE = re.compile(r"^\s*\(?([A-H])\)?\s*[:.：)]\s*(.+?)\s*$", re.M)
+_CHOICE_LINE = re.compile(r"^[ \t]*\(?([A-H])\)?[ \t]*[:.：)][ \t]*(.*?)[ \t]*$", re.M)
+_MARKER = re.compile(r"\bChoices?\s*:")
+_LETTER_TOKEN = re.compile(r"^\(?([A-H])\)?[.:]?$")
+_SEPARATORS = re.compile(r"(?:\s*(?:,|;|&|/|\band\b|\s)\s*)+", re.I)
 
 
 def parse_choices(question: str) -> list[str] | None:
-    """Options written in the question after "Choices:" as lines "A:..." / "(A) ..." / "A. ...".
+    """Options written after "Choices:" (or "Choice:") as lines "A:..." / "(A) ..." / "A. ...".
 
     Returns them in letter order only when they run A, B, C, ... without a gap.
     """
     if not question:
         return None
-    _, marker, tail = question.partition("Choices:")
-    found = _CHOICE_LINE.findall(tail if marker else question)
+    parts = _MARKER.split(question)
+    found = _CHOICE_LINE.findall(parts[-1] if len(parts) > 1 else question)
     if not found or [L for L, _ in found] != [chr(ord("A") + i) for i in range(len(found))]:
         return None
     return [text for _, text in found]
 
 
 def build_row(raw: Row, index: int, split: str, images: list, query: str) -> Row:
-    text = raw.get(_QUERY_COLUMNS[query]) or raw.get("question") or ""
+    question = raw.get("question") or ""
+    for_eval = raw.get("question_for_eval") or ""
+    text = raw.get(_QUERY_COLUMNS[query]) or question
     metadata = dict(raw.get("metadata") or {})
     is_choice = str(raw.get("question_type", "")).startswith("multi")
     meta = {
@@ -76,14 +101,15 @@ def build_row(raw: Row, index: int, split: str, images: list, query: str) -> Row
         "question_type": raw.get("question_type"),
         "subject": metadata.get("subject"),
         "subfield": metadata.get("subfield"),
-        "question_text": raw.get("question_for_eval") or raw.get("question") or text,
+        "question_text": for_eval or question or text,
     }
+    choices = parse_choices(for_eval) or parse_choices(question) or parse_choices(text)
     return {
         "id": f"mathverse-{raw['sample_index']}",
         "prompt": text,
         "images": images,
         "answer": str(raw["answer"]).strip(),
-        "choices": parse_choices(raw.get("question") or "") if is_choice else None,
+        "choices": choices if is_choice else None,
         "source": "mathverse",
         "meta": meta,
     }
@@ -93,14 +119,24 @@ def extract(row: Row, response: str) -> str | None:
     return final_answer(response)
 
 
-def _letter(row: Row, extracted: str) -> str | None:
-    """The option letter an answer names, directly or through the option's text."""
-    letter = choice_letter(extracted)
-    if letter is not None:
-        return letter
+def letter_set(text: str) -> frozenset[str] | None:
+    """The option letters an answer names: one ("B", "(B)", "B: 60°") or several ("C\\nD",
+    "A and C", "C, D"); None when it is not written as letters."""
+    single = choice_letter(text)
+    if single is not None:
+        return frozenset(single)
+    tokens = [t for t in _SEPARATORS.split(unwrap_latex(text).strip()) if t]
+    matches = [_LETTER_TOKEN.match(t) for t in tokens]
+    if len(tokens) < 2 or not all(matches):
+        return None
+    return frozenset(m.group(1) for m in matches if m)
+
+
+def _named_choice(row: Row, text: str) -> frozenset[str] | None:
+    """The letter of the option whose text ``text`` is (normalised or math-equal), else None."""
     for i, choice in enumerate(row.get("choices") or []):
-        if normalise_text(choice) == normalise_text(extracted) or math_equal(choice, extracted):
-            return chr(ord("A") + i)
+        if normalise_text(choice) == normalise_text(text) or math_equal(choice, text):
+            return frozenset(chr(ord("A") + i))
     return None
 
 
@@ -108,11 +144,13 @@ def check(row: Row, extracted: str | None) -> dict[str, Any]:
     if extracted is None:
         return {"correct": False, "normalised": ""}
     answer = row["answer"]
-    if str(row["meta"].get("question_type", "")).startswith("multi"):
-        gold = choice_letter(answer) or answer.strip().upper()
-        letter = _letter(row, extracted)
-        return {"correct": letter == gold, "normalised": letter or ""}
-    return {"correct": math_equal(answer, extracted), "normalised": extracted.strip()}
+    if not str(row["meta"].get("question_type", "")).startswith("multi"):
+        return {"correct": math_equal(answer, extracted), "normalised": extracted.strip()}
+    gold = letter_set(answer) or _named_choice(row, answer)
+    given = letter_set(extracted) or _named_choice(row, extracted)
+    if gold is None:  # option text whose choices could not be read: compare the text itself
+        return {"correct": math_equal(answer, extracted), "normalised": extracted.strip()}
+    return {"correct": given == gold, "normalised": "".join(sorted(given or ()))}
 
 
 def judge_hint(row: Row) -> str:

@@ -1,31 +1,53 @@
 """MATH-Vision (Wang et al., 2024), ``MathLLMs/MathVision`` test (3,040) and testmini (304).
 
+Hub snapshot: ``README.md`` (``configs``: default, ``test: data/test-*``, ``testmini:
+data/testmini-*``), ``data/test-00000-of-00001-3532b8d3f1b4047a.parquet``,
+``data/testmini-00000-of-00001-f8ff70fcb2f29b1d.parquet``, ``images.zip``, ``assets/``. The
+GitHub release (``mathllm/MATH-V``) is also read: ``data/test.jsonl``, ``data/testmini.jsonl``
+and ``images/`` with ``image`` paths relative to the repository root (pass the root).
+
 Schema assumed (hub columns): ``id``, ``question``, ``options`` (list, empty for free form),
-``image`` (path such as ``images/1.jpg``), ``decoded_image`` (image), ``answer`` (a letter for
-multiple choice), ``solution``, ``level`` (1-5), ``subject``.
+``image`` (path such as ``images/1.jpg``), ``decoded_image`` (image, hub parquet only),
+``answer`` (a letter for multiple choice), ``solution``, ``level`` (1-5), ``subject``.
 
 Prompt: the question, then its options as "(A) ..." lines when it has any, then our answer format.
 
-Scoring follows the official ``evaluate.py``: the model answer is read from the response (last
-``\\boxed{}``, else the "the answer is" phrases and trailing "... C." forms the official code
-looks for), then it is correct when it equals the gold letter or the chosen option's value,
-case-insensitively, or when both evaluate to the same number at 2 decimals. The official code
-evaluates LaTeX with ``latex2sympy``; we use math-verify (``answers.math_equal`` with 2
-decimals). Breakdowns: level and subject (the official per-level and per-subject accuracy).
+Scoring follows the official ``evaluation/evaluate.py`` and ``utils.py``:
+- reading the answer: first the official trailing-letter rule on the whole response (after our
+  ``<think>`` block): it ends with " X." or " (X).", or starts with "X" / "(X)" on a line of its
+  own, X in A-E, then that letter is the answer, for every item as there; otherwise the last
+  ``\\boxed{}``, answer tag, "the answer is" phrase or one short line (``answers.final_answer``);
+- comparing: correct when it equals the gold letter or the chosen option's value
+  (case-insensitive, as the official lower-casing), or when both sides evaluate to numbers equal
+  after rounding to 2 decimals: the official ``is_equal`` evaluates LaTeX with latex2sympy and
+  compares ``round(x, 2)``, so ``\\frac{1}{3}`` and ``0.33``, ``2\\sqrt{2}`` and ``2.83`` agree.
+  We evaluate with math-verify (``answers.number_value``) and round the same way
+  (``answers.math_equal`` with 2 decimals); two numbers that differ at 2 decimals are wrong
+  whatever else, as there. Otherwise math-verify decides (the official code says wrong).
+Breakdowns: level and subject (the official per-level and per-subject accuracy).
 
 Where rules may differ from the official numbers:
 - math-verify parses some LaTeX that latex2sympy does not, and the reverse (matrices, intervals,
-  answers with units), so a few free-form items can go either way;
-- a response with no boxed answer, answer tag, answer phrase, short final line or trailing letter
-  counts wrong unless ``--judge`` is given (the official code then compares the whole response).
+  answers with units), so a few free-form items can go either way; where the official code
+  gives up (an unparsable side), math-verify's symbolic equality may still say right;
+- the official code treats the whole response as the answer when it finds no marker; we take
+  it only when it is one short line, and a response with no boxed answer, answer tag, answer
+  phrase, short final line or trailing letter counts wrong unless ``--judge`` is given;
+- the official code reads "... is 12." as 12 when the text after the last "is " is a number;
+  our answer phrase reads "the answer is 12" but not "the length is 12".
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from stages.eval.answers import choice_letter, final_answer, math_equal, unwrap_latex
+from stages.eval.answers import (
+    choice_letter,
+    final_answer,
+    math_equal,
+    unwrap_latex,
+    without_think,
+)
 from stages.eval.benchmark import (
     Benchmark,
     Row,
@@ -35,7 +57,7 @@ from stages.eval.benchmark import (
 
 BREAKDOWN_KEYS = ("level", "subject")
 DECIMALS = 2
-_TRAILING_LETTER = re.compile(r"(?:^|\s)\(?([A-E])\)?\.?\s*$")
+OFFICIAL_LETTERS = "ABCDE"
 
 
 def build_row(raw: Row, index: int, split: str, images: list, query: str) -> Row:
@@ -60,12 +82,21 @@ def build_row(raw: Row, index: int, split: str, images: list, query: str) -> Row
     }
 
 
+def official_letter(response: str) -> str | None:
+    """The official trailing-letter rule: "... X." / "... (X)." at the end, or "X" / "(X)" /
+    "(X) X" as the first line; the last such X of A-E in the official loop order."""
+    text = without_think(response).strip()
+    found = None
+    for c in OFFICIAL_LETTERS:
+        ends = text.endswith((f" {c}.", f" ({c})."))
+        starts = text.startswith((f"{c}\n", f"({c})\n", f"({c}) {c}\n"))
+        if ends or starts:
+            found = c
+    return found
+
+
 def extract(row: Row, response: str) -> str | None:
-    found = final_answer(response)
-    if found is not None:
-        return found
-    trailing = _TRAILING_LETTER.search(response.strip()) if row.get("choices") else None
-    return trailing.group(1) if trailing else None
+    return official_letter(response) or final_answer(response)
 
 
 def check(row: Row, extracted: str | None) -> dict[str, Any]:

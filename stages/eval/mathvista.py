@@ -1,5 +1,12 @@
 """MathVista (Lu et al., 2024), ``AI4Math/MathVista`` testmini (1,000) and test (5,141, no answers).
 
+Hub snapshot: ``README.md`` (``configs``: default, ``testmini: data/testmini-*``, ``test:
+data/test-*``), ``data/testmini-00000-of-00001-*.parquet``, ``data/test-0000{0,1}-of-00002-*.parquet``,
+``annot_testmini.json``, ``source.json``, ``images.zip``; the README block picks the parquet files.
+``--split test`` has no public answers (the column is null): its predictions are written and
+normalised, and its summary reports no accuracy (``Benchmark.unanswered_splits``), rather than
+scoring every item against an empty answer.
+
 Schema assumed (the hub's testmini columns): ``pid``, ``question``, ``image`` (path),
 ``decoded_image`` (image), ``choices`` (list or null), ``unit``, ``precision`` (float or null),
 ``answer``, ``question_type`` (``multi_choice`` / ``free_form``), ``answer_type`` (``text`` /
@@ -116,7 +123,7 @@ def build_row(raw: Row, index: int, split: str, images: list, query: str) -> Row
         "id": f"mathvista-{pid}",
         "prompt": text,
         "images": images,
-        "answer": str(raw["answer"]),
+        "answer": "" if raw["answer"] is None else str(raw["answer"]),  # test: no answers
         "choices": choices,
         "source": "mathvista",
         "meta": meta,
@@ -206,4 +213,5 @@ BENCHMARK = Benchmark(
     summarise_rows=accuracy_summary(BREAKDOWN_KEYS),
     judge_hint=judge_hint,
     notes="rules read the answer instead of GPT-4; unmatched text maps to a choice only when close",
+    unanswered_splits=("test",),
 )

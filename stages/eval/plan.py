@@ -1,5 +1,6 @@
 """What ``mgpo eval`` will do, checked before anything is written: one ``Pair`` (a model on a
-benchmark, its folder and settings) per combination asked for.
+benchmark split, its folder ``OUT/MODEL_TAG/BENCH/SPLIT[-SUBSET]`` and settings) per combination
+asked for.
 
 Every benchmark, split, subset, source and model is validated here, and a pair's saved settings
 must match for its finished work to be reused (see :mod:`stages.eval.run`).
@@ -168,7 +169,15 @@ def check_source_split(bench: Benchmark, source: str | None, split: str) -> None
     from stages.eval.sources import split_files
 
     if source is not None and Path(source).is_dir():
-        split_files(Path(source), split, list(bench.splits))
+        split_files(Path(source), split, list(bench.splits), bench.hub_configs.get(split))
+
+
+def results_folder(
+    out: Path, model: EvalModel, bench: Benchmark, split: str, subset: str | None
+) -> Path:
+    """``OUT/MODEL_TAG/BENCH/SPLIT`` (``SPLIT-SUBSET`` for a subset): a full run and a subset
+    run, or two splits, never share a folder."""
+    return out / model.tag / bench.name / (f"{split}-{subset}" if subset else split)
 
 
 def pair_settings(
@@ -238,16 +247,12 @@ def plan(options: EvalOptions) -> list[Pair]:
         check_source_split(bench, sources[bench.name], split)
     models = resolve_models(options.models)
     out = Path(options.out).expanduser()
-    pairs = [
-        Pair(
-            model,
-            bench,
-            out / model.tag / bench.name,
-            pair_settings(bench, model, options, sources[bench.name]),
-        )
-        for model in models
-        for bench in benches
-    ]
+    pairs = []
+    for model in models:
+        for bench in benches:
+            settings = pair_settings(bench, model, options, sources[bench.name])
+            folder = results_folder(out, model, bench, settings["split"], settings["subset"])
+            pairs.append(Pair(model, bench, folder, settings))
     for pair in pairs:
         check_reusable(pair, options.overwrite)
     return pairs

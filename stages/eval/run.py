@@ -1,9 +1,11 @@
 """The eval stage's entry function: benchmarks x models -> predictions, scores and summaries.
 
-Each (model, benchmark) pair is worked in its own folder ``OUT/MODEL_TAG/BENCH`` through the
-same shard sets the other stages hand each other, so every piece can be inspected or reused:
+Each (model, benchmark) pair is worked in its own folder ``OUT/MODEL_TAG/BENCH/SPLIT[-SUBSET]``
+through the same shard sets the other stages hand each other, so every piece can be inspected or
+reused:
 
-    settings.json   what the folder is evaluated with (written first; a rerun must match it)
+    settings.json   what the folder is evaluated with (written once the benchmark loaded; a
+                    rerun must match it)
     prompts/        the benchmark's prompt rows with fitted images (prompt shards)
     rollouts/       the model's responses and log-probs (the rollout stage, as ``mgpo rollout``)
     predictions/    rollout columns + ``correct``, ``extracted`` and the benchmark fields (eval)
@@ -52,25 +54,34 @@ __all__ = ["EvalOptions", "run_eval"]
 # --------------------------------------------------------------------------------- the stages
 
 
-def write_prompts(pair: Pair, done: dict[str, Path]) -> None:
-    """The benchmark's prompt rows as prompt shards (copied when another model just made them)."""
-    if is_complete(pair.prompts):
-        return
+def load_prompts(pair: Pair, done: dict[str, Path]) -> list[dict[str, Any]] | None:
+    """The benchmark's prompt rows, or None when they are on disk already (this pair's, or a
+    twin's that another model just made). Loading fails before anything is written."""
     twin = done.get(pair.prompt_key())
-    staging = staging_dir(pair.prompts)
-    shutil.rmtree(staging, ignore_errors=True)
-    if twin is not None and is_complete(twin):
-        shutil.copytree(twin, staging)
-        os.replace(staging, pair.prompts)
-        return
-    from stages.images import fit_pixels
-
+    if is_complete(pair.prompts) or (twin is not None and is_complete(twin)):
+        return None
     s = pair.settings
     rows = pair.bench.load(
         source=s["source"], split=s["split"], subset=s["subset"], limit=s["limit"], query=s["query"]
     )
     if not rows:
         raise MgpoError(f"{pair.bench.name} {s['split']}: no items to evaluate")
+    return rows
+
+
+def write_prompts(pair: Pair, done: dict[str, Path], rows: list[dict[str, Any]] | None) -> None:
+    """The prompt rows as prompt shards (copied when another model just made them)."""
+    if is_complete(pair.prompts):
+        return
+    staging = staging_dir(pair.prompts)
+    shutil.rmtree(staging, ignore_errors=True)
+    if rows is None:
+        shutil.copytree(done[pair.prompt_key()], staging)
+        os.replace(staging, pair.prompts)
+        return
+    from stages.images import fit_pixels
+
+    s = pair.settings
     producer = {"command": "mgpo eval", "stage": "eval", "config": {k: s[k] for k in PROMPT_KEYS}}
     with ShardWriter(pair.prompts, "prompts", producer=producer, rows_per_part=256) as writer:
         for row in rows:
@@ -157,7 +168,7 @@ def write_predictions(pair: Pair, judge: Any, options: EvalOptions) -> list[dict
 
 def write_pair_summary(pair: Pair, records: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {
-        **pair.bench.summarise(records),
+        **pair.bench.summarise(records, split=pair.settings["split"]),
         "model": pair.model.tag,
         "model_spec": pair.model.spec,
         "settings": pair.settings,
@@ -203,9 +214,10 @@ def evaluate_pair(
     created = _new_folders(pair.folder)
     try:
         live = engine() if not is_complete(pair.rollouts) else None
+        rows = load_prompts(pair, done)  # settings are written only once loading succeeded
         pair.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(pair.folder / SETTINGS, pair.settings)
-        write_prompts(pair, done)
+        write_prompts(pair, done, rows)
         done.setdefault(pair.prompt_key(), pair.prompts)
         if live is not None:
             write_rollouts(pair, live, options)

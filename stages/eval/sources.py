@@ -1,35 +1,34 @@
 """Raw benchmark records from the Hugging Face hub or a local copy (``--source``), and their images.
 
-Reading goes through ``stages.sources.load_records`` (hub by id, or local parquet/json/jsonl
-files with the hub's columns, one file or a directory of them). On top of it, this module knows a
-benchmark's own split names (``testmini``, ``test``) and picks a directory's files by them
-(``testmini.parquet``, ``testmini-00000-of-00001.parquet``, ``testmini/...``); files of other
+Reading goes through ``stages.sources`` (hub by id, or local parquet/json/jsonl files with the
+hub's columns, one file or a directory of them). A directory is read as a hub snapshot: its
+README ``configs`` block when it has one (MathVista, MathVerse, MATH-Vision, Geometry3K), else
+the files named after the benchmark's own split names (``testmini.parquet``,
+``testmini-00000-of-00001.parquet``, ``testmini/...``; We-Math), one format only (parquet before
+json: MathVerse and We-Math keep a ``testmini.json`` beside the parquet file). Files of other
 splits but none of the one asked for is an error rather than the directory being read whole.
 Images may be Hugging Face image structs ``{bytes, path}``, PIL images, raw bytes, or paths
-relative to the source.
+relative to the source. Every failure to read is one ``MgpoError`` line.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from stages.errors import MgpoError
-from stages.sources import FILE_FORMATS, load_records
-
-
-@dataclass(frozen=True)
-class Records:
-    """Raw records, their positions in the full split, and where relative image paths start."""
-
-    rows: list[dict[str, Any]]
-    indices: list[int]
-    base: Path | None
+from stages.sources import (
+    FILE_FORMATS,
+    config_files,
+    first_line,
+    load_files,
+    load_records,
+    one_format,
+)
 
 
 def _names_split(path: Path, root: Path, split: str) -> bool:
@@ -38,13 +37,19 @@ def _names_split(path: Path, root: Path, split: str) -> bool:
     return split in parts[:-1] or stem == split or stem.startswith(f"{split}-")
 
 
-def split_files(source: Path, split: str, splits: Sequence[str]) -> list[Path] | None:
-    """The files of ``split`` in a directory, by the benchmark's own split names.
+def split_files(
+    source: Path, split: str, splits: Sequence[str], config: str | None = None
+) -> list[Path] | None:
+    """The files of ``split`` in a directory: the README ``configs`` block's, else those named
+    by the benchmark's own split names, in one format.
 
-    None when no file names any of the benchmark's splits (the directory is the split);
-    MgpoError when files name other splits but not this one. Exact names only, so MathVerse's
-    ``testmini_text_only.parquet`` is not mistaken for ``testmini``.
+    None when there is no configs block and no file names any of the benchmark's splits (the
+    directory is the split); MgpoError when files name other splits but not this one. Exact
+    names only, so MathVerse's ``testmini_text_only.parquet`` is not mistaken for ``testmini``.
     """
+    configured = config_files(source, split, config)
+    if configured is not None:
+        return configured
     files = sorted(p for p in source.rglob("*") if p.suffix in FILE_FORMATS and p.is_file())
     named = {s: [f for f in files if _names_split(f, source, s)] for s in splits}
     if not any(named.values()):
@@ -52,50 +57,65 @@ def split_files(source: Path, split: str, splits: Sequence[str]) -> list[Path] |
     if not named.get(split):
         found = ", ".join(s for s, f in named.items() if f)
         raise MgpoError(f"--source {source}: no files for split '{split}' (found: {found})")
-    return named[split]
+    return one_format(named[split])
 
 
-def read(
-    hub_id: str,
-    config: str | None,
-    source: str | Path | None,
-    split: str,
-    splits: Sequence[str],
+def open_split(
+    hub_id: str, config: str | None, source: str | Path | None, split: str, splits: Sequence[str]
+) -> tuple[Any, Path | None]:
+    """The split as a ``datasets`` table, and the folder relative image paths start from."""
+    if source is None:
+        return load_records(hub_id, None, split, config=config), None
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise MgpoError(f"--source {source}: no such file or directory")
+    files = split_files(path, split, splits, config) if path.is_dir() else None
+    if files:
+        dataset = load_files(files, f"--source {source}", split)
+    else:
+        dataset = load_records(hub_id, str(path), split, config=config)
+    return dataset, (path.parent if path.is_file() else path)
+
+
+def column_values(dataset: Any, name: str, where: str, purpose: str) -> list[Any]:
+    """One column's values (its name matched case-insensitively), without decoding images."""
+    names = {n.lower(): n for n in dataset.column_names}
+    found = name if name in dataset.column_names else names.get(name.lower())
+    if found is None:
+        raise MgpoError(f"{where}: missing column '{name}' to {purpose}")
+    return dataset.data.column(found).to_pylist()
+
+
+def select(
+    dataset: Any,
+    where: str,
     keep: Callable[[dict[str, Any]], bool] | None = None,
     filter_column: str | None = None,
     limit: int | None = None,
-) -> Records:
-    """Records of one split, filtered by ``keep`` on ``filter_column`` before images decode."""
-    files = None
-    if source is not None:
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise MgpoError(f"--source {source}: no such file or directory")
-        files = split_files(path, split, splits) if path.is_dir() else None
-    if files:
-        import datasets
-
-        parts = [load_records(hub_id, str(f), split, config=config) for f in files]
-        dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    else:
-        source_text = None if source is None else str(source)
-        dataset = load_records(hub_id, source_text, split, config=config)
+    unit_column: str | None = None,
+) -> list[int]:
+    """Positions of the rows to read: those ``keep`` accepts (judged on ``filter_column`` alone,
+    before any image decodes), then the first ``limit`` of them, or, with ``unit_column``, every
+    row of the first ``limit`` distinct values of that column (whole units, in file order)."""
+    indices = list(range(len(dataset)))
     if keep is not None and filter_column is not None:
-        if filter_column not in dataset.column_names:
-            raise MgpoError(
-                f"{source or hub_id}: missing column '{filter_column}' to select a subset"
-            )
-        column = dataset.select_columns([filter_column])
-        indices = [i for i, record in enumerate(column) if keep(record)]
-    else:
-        indices = list(range(len(dataset)))
-    if limit is not None:
-        indices = indices[:limit]
-    base = None
-    if source is not None:
-        path = Path(source)
-        base = path.parent if path.is_file() else path
-    return Records([dataset[i] for i in indices], indices, base)
+        values = column_values(dataset, filter_column, where, "select a subset")
+        indices = [i for i in indices if keep({filter_column: values[i]})]
+    if limit is None:
+        return indices
+    if unit_column is None:
+        return indices[:limit]
+    units = column_values(dataset, unit_column, where, "count --limit in")
+    chosen = set(list(dict.fromkeys(units[i] for i in indices))[:limit])
+    return [i for i in indices if units[i] in chosen]
+
+
+def read_rows(dataset: Any, indices: list[int], where: str) -> list[dict[str, Any]]:
+    """The records at ``indices`` (images decoded by ``datasets``); failures are one line."""
+    try:
+        return [dataset[i] for i in indices]
+    except Exception as error:  # a corrupt image or cell inside datasets' own decoding
+        raise MgpoError(f"{where}: could not read its rows ({first_line(error)})") from None
 
 
 def to_image(value: Any, base: Path | None, where: str) -> Image.Image:

@@ -35,13 +35,15 @@ def columns(summaries: Summaries) -> list[tuple[str, str]]:
 
 
 def average(by_bench: Mapping[str, Mapping[str, Any]], benches: list[str]) -> float | None:
-    """Mean of each benchmark's first headline metric; None unless the model has all of them."""
+    """Mean of each benchmark's first headline metric; None unless the model has all of them
+    (a split without public answers has none)."""
     values = []
     for bench in benches:
         headline = by_bench.get(bench, {}).get("headline")
-        if not headline:
+        value = next(iter(headline.values()), None) if headline else None
+        if value is None:
             return None
-        values.append(next(iter(headline.values())))
+        values.append(value)
     return sum(values) / len(values) if values else None
 
 
@@ -137,9 +139,17 @@ def detail_tables(summaries: Summaries) -> list[Table]:
     return tables
 
 
+def notes(summaries: Summaries) -> list[str]:
+    """Each summary's ``note`` (e.g. a split scored without answers), once each."""
+    found = (s.get("note") for by_bench in summaries.values() for s in by_bench.values())
+    return list(dict.fromkeys(note for note in found if note))
+
+
 def render(console: Console, summaries: Summaries, details: bool = False) -> None:
-    """Print the results table, and with ``details`` every breakdown table."""
+    """Print the results table and its notes, and with ``details`` every breakdown table."""
     console.print(results_table(summaries))
+    for note in notes(summaries):
+        console.print(f"note: {note}")
     if details:
         for table in detail_tables(summaries):
             console.print(table)

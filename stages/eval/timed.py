@@ -29,12 +29,19 @@ def score_item(
     meta: str,
     choices: list[str] | None = None,
     prompt_id: str | None = None,
+    prompt: str | None = None,
     **_fields: Any,
 ) -> dict[str, float | str]:
     """One item, as the score runner calls a reward function: reward = 1.0 when correct."""
     from stages.eval.registry import get_benchmark
 
-    row = {"id": prompt_id, "answer": answer, "choices": choices, "meta": json.loads(meta)}
+    row = {
+        "id": prompt_id,
+        "prompt": prompt,
+        "answer": answer,
+        "choices": choices,
+        "meta": json.loads(meta),
+    }
     result = get_benchmark(benchmark).score(row, response)
     return {
         "reward": float(result["correct"]),
@@ -55,6 +62,7 @@ def _items(
             "benchmark": bench.name,
             "meta": json.dumps(meta_of(row), ensure_ascii=False, default=str),
             "choices": row.get("choices"),
+            "prompt": row.get("prompt"),
         }
 
 

@@ -1,12 +1,21 @@
 """We-Math (Qiao et al., 2024, arXiv:2407.01284), ``We-Math/We-Math`` testmini (1,740 rows).
 
+Hub snapshot: ``README.md`` (no ``configs`` block), ``data/testmini-00000-of-00001-*.parquet``
+(images as structs), ``testmini.json`` (the same rows, ``image_path`` a path into
+``testmini.zip``), ``testmini.zip``, ``knowledge_structure_nodes.json``: parquet is read. The
+GitHub release is read too: pass its ``data/`` folder (``testmini.json``, images under
+``2steps/image/`` and ``3steps/image/``, as its ``image_path`` values say).
+
 Schema assumed (hub columns, case-insensitive): ``ID``, ``split``, ``knowledge concept``,
 ``question``, ``option`` (one string, "A. ...;B. ...;..."), ``answer`` (a letter),
 ``image_path`` (image), ``key``, ``question number``, ``knowledge concept description``.
-Every testmini row belongs to a *composite problem*: the rows sharing an ``ID`` whose ``key`` is
-``2steps_1``, ``2steps_2``, ``2steps_multi`` (a two-step problem: two one-step sub-problems and
-the composite) or ``3steps_1`` .. ``3steps_3``, ``3steps_multi`` (three-step). 1,740 rows =
-360 two-step x 3 + 165 three-step x 4, i.e. 525 composite problems.
+Every testmini row belongs to a *composite problem*: the rows sharing an ``ID`` (``2steps_17``,
+``3steps_4``) whose ``key`` is ``2steps_1``, ``2steps_2``, ``2steps_multi`` (a two-step problem:
+two one-step sub-problems and the composite) or ``3steps_1`` .. ``3steps_3``, ``3steps_multi``
+(three-step). 1,740 rows =
+360 two-step x 3 + 165 three-step x 4, i.e. 525 composite problems. The file is ordered by key
+(all 360 ``2steps_1`` rows first, then ``2steps_2``, ...), so ``--limit K`` counts composite
+problems: it keeps every row of the first K IDs (``limit_by``), never a lone sub-problem.
 
 Prompt: the official lead-in, "Question: ...", "Option: ...", then our answer format in place of
 the official "<Thought process>: ... <Answer>: ..." instruction.
@@ -211,5 +220,6 @@ BENCHMARK = Benchmark(
     check=check,
     summarise_rows=summarise,
     judge_hint=judge_hint,
-    notes="N = complete composite problems present (official: fixed 525)",
+    notes="N = complete composite problems present (official: fixed 525); --limit counts them",
+    limit_by="ID",  # --limit K: K composite problems
 )

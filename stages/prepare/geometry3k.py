@@ -1,9 +1,15 @@
 """Geometry3K: the paper's training set (2,101 train / 300 validation / 601 test problems).
 
 Three ways in: the hub copy ``hiyouga/geometry3k`` (columns ``images``, ``problem`` with an
-``<image>`` placeholder, ``answer``), a local copy of those columns as parquet/json/jsonl, or the
-original Inter-GPS release (one folder per problem holding ``data.json`` with ``problem_text``,
-``choices`` and a letter ``answer``, plus ``img_diagram.png``), whose letter we map to choice text.
+``<image>`` placeholder, ``answer``; the current revision adds ``id``, ``choices`` and
+``ground_truth``), a local copy of those columns as parquet/json/jsonl (a hub snapshot folder is
+read through its README ``configs`` block), or the original Inter-GPS release (one folder per
+problem holding ``data.json`` with ``problem_text``, ``choices`` and a letter ``answer``, plus
+``img_diagram.png``), whose letter we map to choice text.
+
+``choices`` are carried into the prompt rows as data. They do not make a letter answer count:
+the ``math`` reward accepts ``\\boxed{B}`` for a choice only when the rendered prompt lists the
+lettered choices (``stages.score.shown_choices``), which the default template does not.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ def problems(source: str | None, split: str) -> Iterator[dict[str, Any]]:
         for row in batch.to_pylist()
     )
     for index, record in enumerate(rows):
+        meta = {"row": index}
+        if record.get("id") is not None:  # the current hub revision numbers its problems
+            meta["geometry3k_id"] = record["id"]
         yield {
             "problem": record["problem"],
             "answer": record["answer"],  # a null stays None (checked by the stage, not "None")
@@ -50,7 +59,7 @@ def problems(source: str | None, split: str) -> Iterator[dict[str, Any]]:
             "choices": record.get("choices"),
             "where": f"{where} row {index}",
             "base": base,
-            "meta": {"row": index},
+            "meta": meta,
         }
 
 

@@ -7,12 +7,12 @@
 - ``run``: the entry function ``run_score(ScoreOptions(...))``; ``score_pool`` keeps workers
 
 Public (what other stages use): the entry function and its worker pool, and the answer rules
-(``last_boxed``, ``answers_match``, ``is_correct``, ``short_answer_reward``) that ``eval`` shares
-so benchmarks judge answers exactly as the training reward does.
+(``last_boxed``, ``answers_match``, ``is_correct``, ``shown_choices``, ``short_answer_reward``)
+that ``eval`` shares so benchmarks judge answers exactly as the training reward does.
 """
 
 from stages.score.extract import last_boxed
-from stages.score.math_reward import answers_match, is_correct
+from stages.score.math_reward import answers_match, is_correct, shown_choices
 from stages.score.run import ScoreOptions, run_score, score_pool
 from stages.score.runner import ScorePool, score_items, summarize
 from stages.score.short_answer import short_answer_reward
@@ -27,5 +27,6 @@ __all__ = [
     "score_items",
     "score_pool",
     "short_answer_reward",
+    "shown_choices",
     "summarize",
 ]

@@ -18,6 +18,12 @@ Where this differs from the paper's grader (mathruler's ``grade_answer``), in bo
   must be equal (``6.3`` is not ``6.28``);
 - ``x = 5`` matches ``5`` (math-verify takes the right-hand side of an assignment);
 - with ``choices``, a letter answer and the text of the choice it names are interchangeable.
+
+A letter may stand for a choice only when the prompt showed which letter means what: the
+``math`` reward passes ``shown_choices(prompt, choices)``, which keeps the choices only when the
+prompt lists every one of them behind its letter ("(A) 48", "A. 48", "B: 52"). Geometry3K's hub
+rows carry ``choices`` that the default template never shows; without this rule ``\\boxed{B}``
+would earn the reward for gold ``48`` about a quarter of the time, by chance.
 """
 
 from __future__ import annotations
@@ -111,6 +117,23 @@ def answers_match(pred: str, gold: str) -> bool:
     if verify(gold_parsed, pred_parsed, timeout_seconds=None):
         return True
     return _rounds_to(gold, gold_parsed, pred_parsed)
+
+
+def shown_choices(prompt: str | None, choices: Sequence[str] | None) -> list[str] | None:
+    """``choices`` when ``prompt`` lists each one after its letter, in order ("(A) 48",
+    "A. 48", "A: 48", "A) 48"), else None: only then can a letter answer name a choice."""
+    if not prompt or not choices:
+        return None
+    for i, choice in enumerate(choices):
+        letter = chr(ord("A") + i)
+        shown = re.compile(
+            rf"(?:^|[\s(\[]){letter}(?:\)|[.:：]|\s)\s*{re.escape(str(choice).strip())}"
+            r"(?=$|[\s,;.)\]])",
+            re.M,
+        )
+        if not shown.search(prompt):
+            return None
+    return [str(c) for c in choices]
 
 
 def choice_index(text: str, n_choices: int) -> int | None:

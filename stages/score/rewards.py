@@ -4,8 +4,8 @@ A reward function is called once per item as
 
     fn(response: str, answer: str, **fields, **options) -> float | dict
 
-where ``fields`` are the item's other keys (``prompt_id``, ``sample``, ``choices``, and whatever
-else the caller put in the item) and ``options`` the reward options of the run (for ``math``:
+where ``fields`` are the item's other keys (``prompt_id``, ``sample``, ``choices``, ``prompt``
+(the user text the policy saw), ``meta``, and whatever else the caller put in the item) and ``options`` the reward options of the run (for ``math``:
 ``format_weight``). A custom function should therefore end its parameters with ``**kwargs``.
 It returns either the reward as a number, or a dict with a numeric ``reward`` key plus other
 numeric components (e.g. ``format``, ``accuracy``) and optionally ``extracted``, a string naming
@@ -38,15 +38,20 @@ def _math(
     answer: str,
     *,
     choices: list[str] | None = None,
+    prompt: str | None = None,
     format_weight: float = 0.1,
     **_fields: Any,
 ) -> dict[str, float | str]:
     """The ``math`` reward called with a whole item (fields it does not use are ignored).
 
-    math-verify (and SymPy) are imported here, in the scoring workers, not in the parent."""
-    from stages.score.math_reward import math_reward
+    A letter answer counts for a choice only when ``prompt`` showed the lettered choices
+    (``shown_choices``). math-verify (and SymPy) are imported here, in the scoring workers, not in
+    the parent."""
+    from stages.score.math_reward import math_reward, shown_choices
 
-    return math_reward(response, answer, choices, format_weight=format_weight)
+    return math_reward(
+        response, answer, shown_choices(prompt, choices), format_weight=format_weight
+    )
 
 
 # name -> (function, the component names it returns besides ``reward``).

@@ -69,7 +69,7 @@ def _items(options: ScoreOptions, prompts_dir: str) -> tuple[Iterator[dict[str, 
     wanted_ids = {row["prompt_id"] for row in rollouts.iter_rows(columns=["prompt_id"])}
     gold = {
         row["id"]: row
-        for row in prompts.iter_rows(columns=["id", "answer", "choices", "meta"])
+        for row in prompts.iter_rows(columns=["id", "prompt", "answer", "choices", "meta"])
         if row["id"] in wanted_ids
     }
 
@@ -84,6 +84,7 @@ def _items(options: ScoreOptions, prompts_dir: str) -> tuple[Iterator[dict[str, 
                 **row,
                 "answer": prompt["answer"],
                 "choices": prompt["choices"],
+                "prompt": prompt["prompt"],
                 "meta": json.loads(prompt["meta"]) if prompt.get("meta") else {},
             }
 
