@@ -1,17 +1,24 @@
 """The rollout stage's entry function: prompt shards + a policy -> rollout shards.
 
-Prompts are taken in fixed batches (``batch_prompts``) and each batch becomes one Parquet part,
-sampled with a seed derived from the run seed and the batch's first prompt. A rerun after a kill
-finds the finished parts in the staging directory, skips those prompts, and produces exactly the
-rows an uninterrupted run would have: no duplicates, nothing missing. Staged parts are only
-resumed by a run with the same settings over the same prompt content (the prompts' manifest hash
-is part of the producer record); a user error (``MgpoError``) leaves nothing behind.
+Prompts are taken in fixed batches (``batch_prompts``) and batch ``j`` becomes the Parquet part
+``part-0000j``. Every prompt's samples come from streams seeded by the run seed, the prompt's id
+and the sample index (``engine_api.prompt_seed``), so they do not depend on the batching nor on
+the number of processes. A rerun after a kill finds the finished parts in the staging directory,
+skips them, and produces exactly the rows an uninterrupted run would have: no duplicates, nothing
+missing. Staged parts are only resumed by a run with the same settings over the same prompt
+content (the prompts' manifest hash is part of the producer record); a user error
+(``MgpoError``) leaves nothing behind.
+
+Under ``accelerate launch`` / ``torchrun`` (:mod:`stages.processes`) process ``r`` of ``K`` takes
+batches ``r, r + K, r + 2K, ...``, in rounds: every process calls its engine once per round, with
+an empty batch when it has none left (or its part is done), because some engines generate
+together (hf under FSDP, vLLM tensor-parallel groups). Each writes its own parts of the one shard
+set; the main process seals it when all are there.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import time
 from collections.abc import Iterator
@@ -23,6 +30,8 @@ from rich.progress import TextColumn
 
 from stages.console import console, progress
 from stages.errors import MgpoError
+from stages.processes import Processes
+from stages.processes import processes as job_processes
 from stages.rollout.backends import make_engine
 from stages.rollout.engine_api import Engine
 from stages.shards import ShardSet, ShardWriter, check_target, open_shards, prompt_row
@@ -52,6 +61,7 @@ class RolloutOptions:
     gpu_memory_utilization: float = 0.6
     tensor_parallel_size: int = 1
     max_model_len: int = 4096
+    colocate: bool = False  # vllm: the trainer's engine, in this process (see vllm_setup)
 
     def out_dir(self) -> Path:
         if self.out:
@@ -68,12 +78,6 @@ class RolloutOptions:
             "top_p": self.top_p,
             "max_new_tokens": self.max_new_tokens,
         }
-
-
-def batch_seed(seed: int, first_prompt_id: str) -> int:
-    """A per-batch seed that does not depend on which batches ran before (so resume is exact)."""
-    digest = hashlib.sha256(f"{seed}/{first_prompt_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 def _prompt_batches(
@@ -145,12 +149,18 @@ def _check_device(device: str) -> None:
 
 
 def run_rollout(
-    options: RolloutOptions, engine: Engine | None = None, *, quiet: bool = False
+    options: RolloutOptions,
+    engine: Engine | None = None,
+    *,
+    quiet: bool = False,
+    processes: Processes | None = None,
 ) -> Path:
     """Sample ``n`` responses per prompt and write them, with behaviour log-probs, as shards.
 
     ``engine`` lets a caller (the trainer) keep one live engine across steps; without it one is
-    built from ``options.model`` and ``options.backend``.
+    built from ``options.model`` and ``options.backend``. ``processes``: the job's processes
+    (default: those the launcher describes, see :mod:`stages.processes`); each rolls out its
+    share of the batches.
     """
     out = options.out_dir()
     _check(options, out)
@@ -158,6 +168,7 @@ def run_rollout(
         _check_device(options.device)
     prompts = open_shards(options.prompts, "prompts")
     batches, total = _prompt_batches(options, prompts)
+    procs = processes if processes is not None else job_processes()
     config = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("overwrite", "out")}
     # Absolute, so `mgpo score` finds the prompts from any working directory.
     config["prompts"] = str(Path(options.prompts).resolve())
@@ -171,6 +182,8 @@ def run_rollout(
     if engine is None:
         engine = make_engine(options.backend, options)
     sampling = options.sampling()
+    count = -(-total // options.batch_prompts)  # batches
+    mine = [i for i in range(count) if procs.owns(i)]
     with ShardWriter(
         out,
         "rollouts",
@@ -178,47 +191,46 @@ def run_rollout(
         overwrite=options.overwrite,
         resume=True,
         keep_partial=True,
+        processes=procs,
     ) as writer:
-        done = {row["prompt_id"] for row in writer.existing_rows(["prompt_id"])}
+        done = [i for i in mine if writer.has_part(i)]
+        owned = ((i, b) for i, b in enumerate(batches) if procs.owns(i))
+
+        def size(index: int) -> int:  # prompts in batch ``index``
+            return min(options.batch_prompts, total - index * options.batch_prompts)
+
         tokens = 0
         started = time.perf_counter()
         speed = TextColumn("{task.fields[speed]}")
         with progress(speed) as bar:
-            if done and not quiet:
-                console.print(f"resuming {out}: {len(done)} prompts already done")
+            skipped = sum(map(size, done))
+            if done and not quiet and procs.is_main:
+                console.print(f"resuming {out}: {skipped} prompts already done")
             # Prompts done before start as the task's starting point, not as progress made now,
-            # so the ETA is not skewed by batches skipped in no time.
+            # so the ETA is not skewed by batches skipped in no time. (The main process shows
+            # its own share.)
             task = bar.add_task(
-                "rollout", total=total, completed=len(done), speed="", visible=not quiet
+                "rollout",
+                total=sum(map(size, mine)),
+                completed=skipped,
+                speed="",
+                visible=not quiet and procs.is_main,
             )
             try:
-                for batch in batches:
-                    if all(row["id"] in done for row in batch):
+                for _ in range(procs.rounds(count)):
+                    index, batch = next(owned, (None, []))
+                    todo = index is not None and index not in done
+                    rows = [prompt_row(row) for row in batch] if todo else []
+                    # Called every round, also with no rows: engines may generate together.
+                    samples = engine.generate(rows, **sampling, seed=options.seed)
+                    if not todo:
                         continue
-                    rows = [prompt_row(row) for row in batch]
-                    samples = engine.generate(
-                        rows, **sampling, seed=batch_seed(options.seed, batch[0]["id"])
-                    )
-                    records = [
-                        {
-                            "prompt_id": row["id"],
-                            "sample": index,
-                            "response": sample.response,
-                            "response_ids": sample.response_ids,
-                            "logprobs": sample.logprobs,
-                            "finish_reason": sample.finish_reason,
-                            "policy_step": options.policy_step,
-                        }
-                        for row, row_samples in zip(rows, samples, strict=True)
-                        for index, sample in enumerate(row_samples)
-                    ]
-                    writer.write_part(records)
+                    records = _records(rows, samples, options.policy_step)
+                    writer.write_part(records, index=index)
                     tokens += sum(len(r["response_ids"]) for r in records)
                     elapsed = time.perf_counter() - started
                     bar.update(
-                        task,
-                        advance=len(batch),
-                        speed=f"{tokens / max(elapsed, 1e-9):,.0f} tok/s",
+                        task, advance=len(rows), speed=f"{tokens / max(elapsed, 1e-9):,.0f} tok/s"
                     )
             except MgpoError:
                 # Bad input (a prompt row the model cannot take, ...): a rerun needs new prompts
@@ -226,3 +238,19 @@ def run_rollout(
                 writer.keep_partial = False
                 raise
     return out
+
+
+def _records(rows: list[dict[str, Any]], samples: list[list[Any]], step: int) -> list[dict]:
+    return [
+        {
+            "prompt_id": row["id"],
+            "sample": index,
+            "response": sample.response,
+            "response_ids": sample.response_ids,
+            "logprobs": sample.logprobs,
+            "finish_reason": sample.finish_reason,
+            "policy_step": step,
+        }
+        for row, row_samples in zip(rows, samples, strict=True)
+        for index, sample in enumerate(row_samples)
+    ]
