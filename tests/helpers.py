@@ -164,6 +164,31 @@ def run_cli(
     )
 
 
+def launch_cli(
+    processes: int,
+    *args: str | os.PathLike,
+    cwd: str | os.PathLike | None = None,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``mgpo ARGS`` as ``processes`` processes under ``accelerate launch``.
+
+    ``--multi_gpu`` is how accelerate starts several processes on a machine without GPUs (they
+    run over gloo); ``--cpu --num_processes 2`` would start one process (accelerate 1.15's simple
+    launcher), and so would prove nothing."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launcher += ["--num_processes", str(processes), "--num_machines", "1"]
+    launcher += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mgpo_cli"]
+    return subprocess.run(
+        [*launcher, *map(str, args)],
+        cwd=cwd,
+        env=cli_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def run_main(
     *args: str | os.PathLike, cwd: str | os.PathLike | None = None
 ) -> subprocess.CompletedProcess:
