@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import assert_user_error, cli_env, run_cli, run_main
+from helpers import assert_user_error, cli_env, launch_cli, run_cli, run_main
 from stages.train.checkpoint import load_checkpoint, save_checkpoint
 from stages.train.config import TrainConfig
 from stages.train.data_order import Position, take
@@ -59,6 +59,7 @@ TIMING_KEYS = {
     "update_s",
     "step_time_s",
     "trainer_tokens_per_s",
+    "weight_sync_s",
 }
 
 
@@ -269,13 +270,10 @@ def test_two_processes_match_one_on_the_same_global_batch(
     shapes_dir: Path, tiny_model_dir: Path, mini_batches: int
 ) -> None:
     """One optimizer step per rollout takes the old log-probs from the update's own forward;
-    two take them from a separate frozen pass: both paths must be the same on 2 processes.
-
-    ``--multi_gpu`` is how accelerate starts several processes on a machine without GPUs (they
-    run as MULTI_CPU over gloo); ``--cpu --num_processes 2`` would start one process (accelerate
-    1.15's simple launcher), and so would prove nothing. The run asserts it had two."""
+    two take them from a separate frozen pass: both paths must be the same on 2 processes, and
+    so must the samples, which each process now rolls out for its half of the prompts. The run
+    asserts it had two processes (``launch_cli``)."""
     args = [*small_args(shapes_dir), "--steps", "2", "--set", f"optim.mini_batches={mini_batches}"]
-    env = cli_env(OMP_NUM_THREADS="1")
     single = shapes_dir / f"run-one-{mini_batches}"
     assert (
         run_cli(
@@ -284,29 +282,7 @@ def test_two_processes_match_one_on_the_same_global_batch(
         == 0
     )
     double = shapes_dir / f"run-two-{mini_batches}"
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "mgpo_cli",
-        "train",
-        *args,
-        "--run-dir",
-        str(double),
-    ]
-    result = subprocess.run(
-        launch, cwd=shapes_dir, env=env, capture_output=True, text=True, timeout=600
-    )
+    result = launch_cli(2, "train", *args, "--run-dir", double, cwd=shapes_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = _metrics(single), _metrics(double)
     for a, b in zip(one, two, strict=True):
@@ -322,7 +298,9 @@ def test_two_processes_match_one_on_the_same_global_batch(
     assert [m["processes"] for m in one] == [1, 1]
     assert [m["processes"] for m in two] == [2, 2], "accelerate did not start two processes"
     # Adam turns float noise in near-zero gradients (e.g. key biases, whose true gradient is 0)
-    # into steps of up to lr: compare each weight's difference with the size of the update.
+    # into steps of up to lr (its first step divides each gradient by its own size): entries
+    # that really moved (over 5% of the largest change) must agree within 1% of that change;
+    # all entries together, including the noise-driven ones, within 0.1% in L2.
     w0, w1, w2 = (
         load_file(str(tiny_model_dir / "model.safetensors")),
         *map(_weights, [single, double]),
@@ -330,7 +308,10 @@ def test_two_processes_match_one_on_the_same_global_batch(
     assert w1.keys() == w2.keys() <= w0.keys()
     update = max(float((w1[k] - w0[k]).abs().max()) for k in w1)
     assert update > 1e-4
-    assert all(float((w1[k] - w2[k]).abs().max()) <= 0.01 * update for k in w1)
+    for k in w1:
+        moved = (w1[k] - w0[k]).abs() > 0.05 * update
+        worst = (w1[k] - w2[k])[moved].abs()
+        assert worst.numel() == 0 or float(worst.max()) <= 0.01 * update, k
     difference = sum(float((w1[k] - w2[k]).double().pow(2).sum()) for k in w1) ** 0.5
     step = sum(float((w1[k] - w0[k]).double().pow(2).sum()) for k in w1) ** 0.5
     assert difference <= 1e-3 * step

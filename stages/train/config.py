@@ -38,7 +38,9 @@ class RolloutConfig:
     max_new_tokens: int = 2048
     max_prompt_tokens: int = 2048
     micro_batch: int = 64  # sequences (prompt x sample) per generate call (hf)
-    gpu_memory_utilization: float = 0.6
+    # vLLM's share of each GPU during the rollout (it sleeps during the update); auto: what the
+    # memory plan's held items leave (mgpo train --plan)
+    gpu_memory_utilization: float | str = "auto"
     tensor_parallel_size: int = 1
     max_resample_rounds: int = (
         3  # DAPO dynamic sampling / GPG threshold: extra rollout rounds at most
@@ -153,6 +155,14 @@ def check(config: TrainConfig) -> None:
         raise MgpoError(f"optim.lr must be positive, got {config.optim.lr}")
     if config.rollout.temperature < 0:
         raise MgpoError(f"rollout.temperature must be >= 0, got {config.rollout.temperature}")
+    share = config.rollout.gpu_memory_utilization
+    if share != "auto" and (isinstance(share, str) or not 0 < share <= 1):
+        raise MgpoError(f"rollout.gpu_memory_utilization {share!r}: expected auto or (0, 1]")
+    if config.rollout.tensor_parallel_size < 1:
+        raise MgpoError(
+            "rollout.tensor_parallel_size must be at least 1,"
+            f" got {config.rollout.tensor_parallel_size}"
+        )
     if config.rollout.backend not in ("hf", "vllm"):
         raise MgpoError(f"rollout.backend '{config.rollout.backend}': expected hf or vllm")
     if config.optim.schedule not in ("constant", "linear", "cosine"):

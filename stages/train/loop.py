@@ -9,8 +9,14 @@ Each step:
   5. hand the new weights to the live rollout engine, log metrics, validate, checkpoint.
 
 The policy side (model, optimizer, checkpoints) is :class:`~stages.train.policy.Policy`; this
-module orchestrates the stages around it. Under ``accelerate launch`` every process reads the
-same shards (the main process writes them) and trains on its own slice of every micro-batch.
+module orchestrates the stages around it. Under ``accelerate launch`` every process is a full
+worker: it rolls out and scores its own slice of the step's prompts (and of the validation
+prompts) with its own engine, writing its parts of the step's shard sets (the main process seals
+them), then every process reads the whole step and trains on its own slice of every micro-batch.
+
+The rollout engine: the hf engine generates with the trained module itself; a vllm engine lives
+in each training process on its device (``colocate``), starts with the trainer's weights, sleeps
+during the update and is handed the new weights in memory after it (and after a resume).
 """
 
 from __future__ import annotations
@@ -26,13 +32,14 @@ import torch
 from stages.config import to_dict
 from stages.console import console
 from stages.errors import MgpoError
+from stages.processes import processes
 from stages.rollout import HFEngine, RolloutOptions, make_engine, run_rollout
 from stages.score import ScoreOptions, ScorePool, run_score, score_pool
 from stages.shards import is_complete, open_shards, prompt_row
 from stages.train.config import TrainConfig
 from stages.train.data_order import Position, take
 from stages.train.live import LiveView
-from stages.train.memory_plan import check_fits
+from stages.train.memory_plan import check_fits, engine_share
 from stages.train.metrics_log import MetricsLog, step_metrics
 from stages.train.policy import Policy
 from stages.train.run_dir import check_run_dir, write_run_dir
@@ -48,13 +55,20 @@ class Trainer:
         self.config = config
         self.run_dir = run_dir
         self.policy = Policy(config)
+        self.processes = processes()  # the policy's process group is up by now
         rollout = config.rollout
         if rollout.backend == "hf":  # share the trained module: updates are visible at once
             self.engine = HFEngine(
                 self.policy.module, self.policy.io, micro_batch_size=rollout.micro_batch
             )
         else:
-            self.engine = make_engine(rollout.backend, self._rollout_options("", "", 0, 0))
+            options = dataclasses.replace(
+                self._rollout_options("", "", 0, 0),
+                colocate=True,
+                gpu_memory_utilization=engine_share(config),
+            )
+            self.engine = make_engine(rollout.backend, options)
+            self.sync_engine()  # the trainer's weights, as after every update
         self.prompt_ids = [
             r["id"] for r in open_shards(config.data.train, "prompts").iter_rows(columns=["id"])
         ]
@@ -122,23 +136,21 @@ class Trainer:
         """Rollout + score shards for one round (reused if a killed run already finished them)."""
         rollouts, scores = step_dir / f"{name}rollouts", step_dir / f"{name}scores"
         started = time.perf_counter()
-        if self.is_main:
-            if not is_complete(rollouts):
-                options = self._rollout_options(
-                    prompts, str(rollouts), seed, self.step, ids, greedy
-                )
-                if limit is not None:
-                    options = dataclasses.replace(options, limit=limit)
-                run_rollout(options, engine=self.engine, quiet=True)
-            rollout_time = time.perf_counter() - started
-            if not is_complete(scores):
-                options = self._score_options(str(rollouts), prompts, str(scores))
-                if self.scorer is None:  # workers kept for the whole run
-                    self.scorer = score_pool(options)
-                run_score(options, quiet=True, pool=self.scorer)
-        else:
-            rollout_time = 0.0
-        self.wait_for_everyone()
+        procs = self.processes
+        if not is_complete(rollouts):  # every process: its slice, its parts of the one set
+            options = self._rollout_options(prompts, str(rollouts), seed, self.step, ids, greedy)
+            total = len(ids) if ids else open_shards(prompts, "prompts").num_rows
+            total = total if limit is None else min(total, limit)
+            # One batch (one part) per process, so all generate at once.
+            share = max(-(-total // procs.world), 1)
+            options = dataclasses.replace(options, limit=limit, batch_prompts=share)
+            run_rollout(options, engine=self.engine, quiet=True, processes=procs)
+        rollout_time = time.perf_counter() - started
+        if not is_complete(scores):  # every process scores the parts it rolled out
+            options = self._score_options(str(rollouts), prompts, str(scores))
+            if self.scorer is None:  # workers kept for the whole run
+                self.scorer = score_pool(options)
+            run_score(options, quiet=True, pool=self.scorer, processes=procs)
         return rollouts, scores, rollout_time
 
     # -- one step -------------------------------------------------------------------------------
@@ -226,7 +238,16 @@ class Trainer:
             return False
         self.step = int(state["step"])
         self.position = Position(**state["position"])
+        self.sync_engine()  # the engine samples from the checkpoint's weights, not the start's
         return True
+
+    # -- the engine's weights ---------------------------------------------------------------------
+
+    def sync_engine(self) -> None:
+        """Hand the policy's current weights to an engine that does not share the trained module
+        (vllm): streamed one tensor at a time, in memory; the engine wakes if it slept."""
+        if not isinstance(self.engine, HFEngine):
+            self.engine.update_weights(self.policy.module.named_parameters())
 
     def close(self) -> None:
         if self.scorer is not None:
@@ -273,10 +294,12 @@ def run_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
                 started = time.perf_counter()
                 step_dir = run_dir / "steps" / f"step-{trainer.step + 1:06d}"
                 batch, metrics = trainer.collect(step_dir)
+                trainer.engine.sleep()  # vllm: weights and KV cache freed for the update
                 metrics.update(trainer.update(batch))
                 trainer.step += 1
-                if config.rollout.backend != "hf":
-                    trainer.engine.update_weights(trainer.policy.module.named_parameters())
+                synced = time.perf_counter()
+                trainer.sync_engine()
+                metrics["weight_sync_s"] = time.perf_counter() - synced
                 if config.trainer.val_every and trainer.step % config.trainer.val_every == 0:
                     metrics.update(trainer.validate(step_dir))
                 metrics["step_time_s"] = time.perf_counter() - started
