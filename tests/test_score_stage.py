@@ -353,7 +353,10 @@ BAD = {
         ["none.py", "does not exist"],
     ),
     "unknown_reward": (lambda root, r: ["--rollouts", r, "--reward", "maths"], ["'maths'"]),
-    "zero_timeout": (lambda root, r: ["--rollouts", r, "--timeout", "0"], ["time limit"]),
+    "zero_timeout": (
+        lambda root, r: ["--rollouts", r, "--timeout", "0"],
+        ["--timeout must be positive"],
+    ),
     "zero_workers": (lambda root, r: ["--rollouts", r, "--workers", "0"], ["--workers"]),
     "format_weight": (lambda root, r: ["--rollouts", r, "--format-weight", "2"], ["[0, 1]"]),
 }

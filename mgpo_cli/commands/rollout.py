@@ -55,18 +55,6 @@ def rollout(
 
     if backend not in BACKENDS:
         raise MgpoError(f"--backend {backend}: unknown backend (choose from {', '.join(BACKENDS)})")
-    for option, value in (
-        ("-n", n),
-        ("--max-new-tokens", max_new_tokens),
-        ("--batch-prompts", batch_prompts),
-        ("--micro-batch", micro_batch),
-    ):
-        if value <= 0:
-            raise MgpoError(f"{option} must be positive, got {value}")
-    if not 0 < top_p <= 1:
-        raise MgpoError(f"--top-p must be in (0, 1], got {top_p}")
-    if temperature < 0:
-        raise MgpoError(f"--temperature must be >= 0, got {temperature}")
     options = RolloutOptions(
         prompts=str(prompts),
         model=model,

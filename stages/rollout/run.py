@@ -21,6 +21,7 @@ from typing import Any
 
 from rich.progress import TextColumn
 
+from stages.config import NonNegativeFloat, OpenUnitFloat, PositiveInt, check_values
 from stages.console import console, progress
 from stages.errors import MgpoError
 from stages.rollout.backends import make_engine
@@ -33,15 +34,15 @@ class RolloutOptions:
     prompts: str
     model: str = "Qwen/Qwen2.5-VL-3B-Instruct"
     backend: str = "hf"
-    n: int = 5
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 2048
-    batch_prompts: int = 64  # prompts per part (and per resumable unit)
-    micro_batch: int = 64  # sequences (prompt x sample) per generate call (hf)
+    n: PositiveInt = 5
+    temperature: NonNegativeFloat = 1.0
+    top_p: OpenUnitFloat = 1.0
+    max_new_tokens: PositiveInt = 2048
+    batch_prompts: PositiveInt = 64  # prompts per part (and per resumable unit)
+    micro_batch: PositiveInt = 64  # sequences (prompt x sample) per generate call (hf)
     seed: int = 0
     policy_step: int = 0
-    limit: int | None = None
+    limit: PositiveInt | None = None
     prompt_ids: tuple[str, ...] | None = (
         None  # only these prompts, in this order (the trainer's batch)
     )
@@ -49,9 +50,12 @@ class RolloutOptions:
     overwrite: bool = False
     dtype: str = "auto"
     device: str = "auto"
-    gpu_memory_utilization: float = 0.6
-    tensor_parallel_size: int = 1
-    max_model_len: int = 4096
+    gpu_memory_utilization: OpenUnitFloat = 0.6
+    tensor_parallel_size: PositiveInt = 1
+    max_model_len: PositiveInt = 4096
+
+    def __post_init__(self) -> None:
+        check_values(self, flags={"n": "-n"})
 
     def out_dir(self) -> Path:
         if self.out:
@@ -119,10 +123,6 @@ def _prompt_batches(
 
 def _check(options: RolloutOptions, out: Path) -> None:
     """Everything about the options and the output that can be refused before a model loads."""
-    if options.limit is not None and options.limit < 1:
-        raise MgpoError(f"--limit must be positive, got {options.limit}")
-    if options.batch_prompts < 1:
-        raise MgpoError(f"--batch-prompts must be positive, got {options.batch_prompts}")
     if out.resolve() == Path(options.prompts).resolve():
         raise MgpoError(f"--out {out}: is the prompts directory; choose another output directory")
     check_target(out, overwrite=options.overwrite)

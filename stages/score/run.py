@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from stages.config import PositiveFloat, PositiveInt, UnitFloat, check_values
 from stages.console import console, progress
 from stages.errors import MgpoError
 from stages.schemas import SCORES
@@ -23,11 +24,14 @@ class ScoreOptions:
     rollouts: str
     prompts: str | None = None  # default: the prompt shards the rollouts were made from
     reward: str = "math"
-    workers: int = 1
-    timeout_s: float = 5.0
-    format_weight: float | None = None  # None: the reward's own default (0.1 for math)
+    workers: PositiveInt = 1
+    timeout_s: PositiveFloat = 5.0
+    format_weight: UnitFloat | None = None  # None: the reward's own default (0.1 for math)
     out: str | None = None
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_values(self, flags={"timeout_s": "--timeout"})
 
     def out_dir(self) -> Path:
         if self.out:
@@ -112,10 +116,6 @@ def run_score(
     ``pool``: workers from ``score_pool`` for the same reward settings, kept by a caller that
     scores many times (the trainer, every step).
     """
-    if options.workers <= 0:
-        raise MgpoError(f"--workers must be positive, got {options.workers}")
-    if options.format_weight is not None and not 0.0 <= options.format_weight <= 1.0:
-        raise MgpoError(f"format weight must be in [0, 1], got {options.format_weight}")
     if pool is not None and (pool.spec, pool.workers, pool.timeout_s, pool.options) != (
         options.reward,
         options.workers,

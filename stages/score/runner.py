@@ -275,8 +275,8 @@ class ScorePool:
     ) -> None:
         if workers < 1:
             raise MgpoError(f"--workers must be at least 1, got {workers}")
-        if not timeout_s > 0:
-            raise MgpoError(f"reward time limit must be positive, got {timeout_s}")
+        if not 0 < timeout_s < float("inf"):  # NaN fails both comparisons
+            raise MgpoError(f"reward time limit must be a positive number, got {timeout_s}")
         split_spec(reward_fn_spec)
         self.spec, self.workers, self.timeout_s = reward_fn_spec, workers, timeout_s
         self.options = dict(options or {})
