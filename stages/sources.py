@@ -6,6 +6,7 @@ as a downloaded hub snapshot), because the hub is not always reachable.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -71,13 +72,47 @@ def load_records(
     kinds = {FILE_FORMATS.get(f.suffix) for f in files}
     if None in kinds or len(kinds) != 1:
         raise MgpoError(f"--source {source}: expected .parquet, .json or .jsonl files of one kind")
+    kind = kinds.pop()
+    if kind == "json":
+        for file in files:
+            check_json_text(file)
     try:
-        return datasets.load_dataset(kinds.pop(), data_files=[str(f) for f in files], split="train")
+        return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
     except Exception as error:
         if _no_rows(files):  # datasets refuses an empty split with a cryptic message
             raise MgpoError(f"--source {source}: split '{split}' is empty (no rows)") from None
         first = str(error).splitlines()[0] if str(error) else error.__class__.__name__
         raise MgpoError(f"--source {source}: could not read ({first})") from None
+
+
+def check_json_text(file: Path) -> None:
+    """One line naming the file and line of the first text that is not UTF-8 or not JSON.
+
+    ``datasets`` reports neither well: it reads invalid UTF-8 into strings that fail only when a
+    row is used, and a broken line comes back without its number."""
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise MgpoError(
+            f"{file} line {line}: not UTF-8 text (byte {data[error.start]:#04x} at column {column})"
+        ) from None
+    if file.suffix == ".json":
+        try:
+            json.loads(text)
+            return
+        except ValueError:
+            pass  # maybe JSON Lines in a .json file: checked line by line below
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as error:
+                raise MgpoError(
+                    f"{file} line {number}: not valid JSON ({error.msg}, column {error.colno})"
+                ) from None
 
 
 def _no_rows(files: list[Path]) -> bool:

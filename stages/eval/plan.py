@@ -26,6 +26,7 @@ from stages.errors import MgpoError
 from stages.eval.benchmark import Benchmark
 from stages.eval.registry import resolve
 from stages.eval.targets import EvalModel, resolve_models
+from stages.outputs import check_writable
 from stages.schemas import EVAL, ROLLOUTS
 from stages.shards import is_complete
 
@@ -234,8 +235,9 @@ def plan(options: EvalOptions) -> list[Pair]:
         split = bench.check_options(options.split, options.subset, options.query)
         sources[bench.name] = bench_source(bench, options, several=len(benches) > 1)
         check_source_split(bench, sources[bench.name], split)
-    models = resolve_models(options.models)
     out = Path(options.out).expanduser()
+    check_writable(out, "--out")
+    models = resolve_models(options.models)
     pairs = [
         Pair(
             model,

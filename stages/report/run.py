@@ -14,6 +14,7 @@ from pathlib import Path
 
 from stages.config import PositiveInt, check_values
 from stages.errors import MgpoError
+from stages.outputs import check_writable
 from stages.report.html import html_report
 from stages.report.markdown import markdown_report
 from stages.report.plots import X_LABELS, Plot, make_plots, require_matplotlib
@@ -61,6 +62,7 @@ def check_options(options: ReportOptions) -> Path:
             raise MgpoError(f"--out {out}: would replace run {run} (choose another folder)")
     if out.is_dir() and any(out.iterdir()) and not options.overwrite:
         raise MgpoError(f"--out {out}: exists and is not empty (pass --overwrite to replace it)")
+    check_writable(out, "--out", beside=True)
     return out
 
 

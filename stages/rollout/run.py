@@ -24,6 +24,7 @@ from rich.progress import TextColumn
 from stages.config import NonNegativeFloat, OpenUnitFloat, PositiveInt, check_values
 from stages.console import console, progress
 from stages.errors import MgpoError
+from stages.outputs import check_writable
 from stages.rollout.backends import make_engine
 from stages.rollout.engine_api import Engine
 from stages.shards import ShardSet, ShardWriter, check_target, open_shards, prompt_row
@@ -126,6 +127,18 @@ def _check(options: RolloutOptions, out: Path) -> None:
     if out.resolve() == Path(options.prompts).resolve():
         raise MgpoError(f"--out {out}: is the prompts directory; choose another output directory")
     check_target(out, overwrite=options.overwrite)
+    check_writable(out, "--out", beside=True)
+
+
+def _decoded(prompts: ShardSet, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Prompt rows with their images decoded; a bad row names its part, row and column."""
+    rows = []
+    for row in batch:
+        try:
+            rows.append(prompt_row(row))
+        except MgpoError as error:
+            raise MgpoError(f"{prompts.where(row['id'])}: {error}") from None
+    return rows
 
 
 def _check_device(device: str) -> None:
@@ -195,7 +208,7 @@ def run_rollout(
                 for batch in batches:
                     if all(row["id"] in done for row in batch):
                         continue
-                    rows = [prompt_row(row) for row in batch]
+                    rows = _decoded(prompts, batch)
                     samples = engine.generate(
                         rows, **sampling, seed=batch_seed(options.seed, batch[0]["id"])
                     )

@@ -14,6 +14,7 @@ import pyarrow as pa
 from stages.config import PositiveFloat, PositiveInt, UnitFloat, check_values
 from stages.console import console, progress
 from stages.errors import MgpoError
+from stages.outputs import check_writable
 from stages.schemas import SCORES
 from stages.score.runner import ScorePool, score_items
 from stages.shards import ShardWriter, check_target, open_shards
@@ -130,6 +131,7 @@ def run_score(
     if any(out.resolve() == Path(path).resolve() for path in (options.rollouts, prompts_dir)):
         raise MgpoError(f"--out {out}: is an input directory; choose another output directory")
     check_target(out, overwrite=options.overwrite)
+    check_writable(out, "--out", beside=True)
     items, total = _items(options, prompts_dir)
     config = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("overwrite", "out")}
     config["prompts"] = str(
