@@ -18,6 +18,7 @@ whose results all exist is never loaded), and reused across its benchmarks.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import shutil
@@ -199,7 +200,7 @@ def evaluate_pair(
     still missing, before the prompts are made, so a model that cannot load fails fast.
     """
     if options.overwrite and pair.folder.exists():
-        shutil.rmtree(pair.folder)
+        return replace_pair(pair, engine, judge, options, done)
     created = _new_folders(pair.folder)
     try:
         live = engine() if not is_complete(pair.rollouts) else None
@@ -216,6 +217,34 @@ def evaluate_pair(
         if not is_complete(pair.rollouts):
             _remove(created)
         raise
+
+
+def replace_pair(
+    pair: Pair,
+    engine: Callable[[], Any],
+    judge: Any,
+    options: EvalOptions,
+    done: dict[str, Path],
+) -> dict[str, Any]:
+    """``--overwrite``: evaluate into a hidden sibling folder and swap it in only when the new
+    results are complete, as shard sets are replaced; a failure keeps the old results."""
+    staged = dataclasses.replace(
+        pair, folder=pair.folder.with_name(f".{pair.folder.name}.overwrite")
+    )
+    if staged.saved_settings() != pair.settings:  # a killed --overwrite run resumes, nothing else
+        shutil.rmtree(staged.folder, ignore_errors=True)
+    try:
+        summary = evaluate_pair(staged, engine, judge, options, done)
+    except MgpoError:
+        shutil.rmtree(staged.folder, ignore_errors=True)
+        raise
+    trash = pair.folder.with_name(f".{pair.folder.name}.old")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(pair.folder, trash)
+    os.replace(staged.folder, pair.folder)
+    shutil.rmtree(trash, ignore_errors=True)
+    done[pair.prompt_key()] = pair.prompts
+    return summary
 
 
 class LazyEngine:

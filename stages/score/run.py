@@ -48,6 +48,7 @@ class ScoreSummary:
     items: int
     reward_mean: float
     timed_out: int
+    non_finite: int = 0  # items whose reward was NaN or infinite (scored 0)
 
 
 def prompts_of(rollouts_dir: str, given: str | None) -> str:
@@ -162,12 +163,15 @@ def run_score(
     ) as writer:
         writer.add(rows)
     timed_out = sum(bool(r.get("timed_out")) for r in rows)
+    non_finite = sum(bool(r.get("non_finite")) for r in rows)
     mean = sum(r["reward"] for r in rows) / max(len(rows), 1)
     if timed_out and not quiet:
         console.print(
             f"[yellow]{timed_out} item(s) hit the {options.timeout_s:g}s limit and scored 0[/]"
         )
-    return ScoreSummary(path=out, items=len(rows), reward_mean=mean, timed_out=timed_out)
+    if non_finite and not quiet:
+        console.print(f"[yellow]{non_finite} item(s) got a NaN or infinite reward and scored 0[/]")
+    return ScoreSummary(out, len(rows), mean, timed_out, non_finite)
 
 
 def _schema_for(rows: list[dict[str, Any]]) -> pa.Schema:

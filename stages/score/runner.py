@@ -31,7 +31,13 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from stages.errors import MgpoError
-from stages.score.rewards import builtin_components, check_result, load_reward_fn, split_spec
+from stages.score.rewards import (
+    builtin_components,
+    check_result,
+    load_reward_fn,
+    split_spec,
+    zero_if_not_finite,
+)
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_STARTUP_TIMEOUT_S = 120.0
@@ -233,11 +239,12 @@ def score_items(
     ``format_weight``). Yields, in input order, rows
     ``{prompt_id, sample, reward, <components>, extracted, timed_out}``; an item that runs past
     ``timeout_s`` gets ``reward`` and every component 0.0, ``extracted`` "" and
-    ``timed_out=True``, and its worker is killed and replaced.
+    ``timed_out=True``, and its worker is killed and replaced. An item whose reward or a component
+    is NaN or infinite scores 0 in every component, with ``non_finite=True``.
 
     Raises MgpoError for a bad spec or option here, before any work; for a reward file that fails
     to load before the first item is scored; and for an item whose reward function raises,
-    returns something other than a finite number or a dict with ``reward``, or kills its worker,
+    returns something other than a number or a dict with ``reward``, or kills its worker,
     naming the item and the function. Items are read lazily, at most ``workers`` ahead.
     """
     pool = ScorePool(
@@ -324,6 +331,7 @@ def _score(
     components = builtin_components(spec)
     names: dict[int, Mapping[str, Any]] = {}  # index -> item identity, until its row is yielded
     done: dict[int, dict[str, Any] | None] = {}  # index -> row (None: timed out)
+    non_finite: set[int] = set()  # items whose reward came back NaN or infinite (scored 0)
     source = iter(items)
     taken = 0
     exhausted = False
@@ -342,6 +350,7 @@ def _score(
             "sample": item.get("sample"),
             **result,
             "timed_out": timed,
+            "non_finite": index in non_finite,
         }
 
     pool.wait_ready()
@@ -397,7 +406,9 @@ def _score(
             worker.index = None
             if kind == "error":
                 raise fail(index, payload)
-            result = dict(payload)
+            result, bad = zero_if_not_finite(dict(payload))
+            if bad:
+                non_finite.add(index)
             got = tuple(k for k in result if k not in ("reward", "extracted"))
             if components is None:
                 components = got
@@ -426,16 +437,22 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, float | int]:
     every numeric component (``accuracy_mean``, ...); means are 0.0 for no rows."""
     count = 0
     timeouts = 0
+    non_finite = 0
     sums: dict[str, float] = {}
     for row in rows:
         count += 1
         timeouts += bool(row.get("timed_out"))
+        non_finite += bool(row.get("non_finite"))
         for key, value in row.items():
-            if key in ("prompt_id", "sample", "timed_out") or isinstance(value, (str, bool)):
+            if key in ("prompt_id", "sample") or isinstance(value, (str, bool)):
                 continue
             if isinstance(value, (int, float)):
                 sums[key] = sums.get(key, 0.0) + float(value)
-    summary: dict[str, float | int] = {"items": count, "timed_out": timeouts}
+    summary: dict[str, float | int] = {
+        "items": count,
+        "timed_out": timeouts,
+        "non_finite": non_finite,
+    }
     for key, total in sums.items():
         summary[f"{key}_mean"] = total / count
     return summary
