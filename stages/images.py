@@ -54,6 +54,25 @@ def load_image(value: Any, base: Path | None, where: str) -> Image.Image:
     return image
 
 
+def image_size(value: Any, where: str) -> tuple[int, int]:
+    """(width, height) of an image from its header only (nothing is decoded), for counting a
+    prompt's vision tokens cheaply; a PIL image, an image struct, bytes or a path."""
+    if isinstance(value, Image.Image):
+        return value.size
+    data = value.get("bytes") if isinstance(value, dict) else value
+    try:
+        if isinstance(data, bytes | bytearray) and data:
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+        path = value.get("path") if isinstance(value, dict) else value
+        if isinstance(path, str) and path:
+            with Image.open(_resolve(path, None, where)) as image:
+                return image.size
+    except _DECODE_ERRORS as error:
+        raise MgpoError(f"{where}: unreadable image ({error.__class__.__name__})") from None
+    raise MgpoError(f"{where}: empty image (no bytes and no path)")
+
+
 def _resolve(path: str, base: Path | None, where: str) -> Path:
     candidate = Path(path)
     if not candidate.is_absolute() and base is not None:

@@ -39,6 +39,19 @@ def rollout(
         0.6, help="vllm: fraction of GPU memory for the engine."
     ),
     tensor_parallel_size: int = typer.Option(1, help="vllm: GPUs per engine."),
+    max_prompt_tokens: int = typer.Option(
+        None,
+        help="Longest prompt in tokens, image tokens included (counted with the model's own "
+        "processor before anything is rolled out); a longer one stops the run, naming it.  "
+        "\\[default: no limit; vllm: its context (4096, or this + --max-new-tokens) less "
+        "--max-new-tokens]",
+    ),
+    filter_overlong: bool = typer.Option(
+        False,
+        "--filter-overlong",
+        help="Drop prompts longer than --max-prompt-tokens (counted, and listed in the "
+        "manifest) instead of stopping.",
+    ),
     out: Path = typer.Option(
         None, help="Output shard directory.  \\[default: PROMPTS-rollouts beside PROMPTS]"
     ),
@@ -73,6 +86,9 @@ def rollout(
         device=device,
         gpu_memory_utilization=gpu_memory_utilization,
         tensor_parallel_size=tensor_parallel_size,
+        max_model_len=max_prompt_tokens + max_new_tokens if max_prompt_tokens else 4096,
+        max_prompt_tokens=max_prompt_tokens,
+        filter_overlong=filter_overlong,
     )
     written = run_rollout(options)
     Console().print(f"[green]rollouts written to {written}[/]")

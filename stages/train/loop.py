@@ -33,6 +33,7 @@ from stages.train.config import TrainConfig
 from stages.train.data_order import Position, take
 from stages.train.live import LiveView
 from stages.train.metrics_log import MetricsLog, step_metrics
+from stages.train.overlong import fitting_ids, write_report
 from stages.train.policy import Policy
 from stages.train.run_dir import check_run_dir, write_run_dir
 from stages.train.samples import Group, StepBatch, read_groups
@@ -54,11 +55,17 @@ class Trainer:
             )
         else:
             self.engine = make_engine(rollout.backend, self._rollout_options("", "", 0, 0))
-        self.prompt_ids = [
-            r["id"] for r in open_shards(config.data.train, "prompts").iter_rows(columns=["id"])
-        ]
+        # Prompts too long for rollout.max_prompt_tokens are dropped (or stop the run) now.
+        limit, drop = rollout.max_prompt_tokens, config.data.filter_overlong
+        self.prompt_ids, dropped = fitting_ids(self.policy.io, config.data.train, limit, drop)
         if not self.prompt_ids:
             raise MgpoError(f"{config.data.train}: no prompts to train on")
+        self.val_ids, val_dropped = (
+            fitting_ids(self.policy.io, config.data.val, limit, drop)
+            if config.data.val
+            else ([], [])
+        )
+        self.overlong = {"train": dropped, "val": val_dropped}
         self.position = Position()
         self.step = 0
         # Scoring workers start on first use; making the pool now checks the reward spec.
@@ -206,8 +213,11 @@ class Trainer:
         config = self.config
         if not config.data.val:
             return {}
+        ids, limit = None, config.data.val_limit
+        if self.overlong["val"]:  # the first val_limit prompts that fit
+            ids, limit = self.val_ids[: config.data.val_limit], None
         _, scores, _ = self.rollout_and_score(
-            step_dir, "val-", config.data.val, None, 0, greedy=True, limit=config.data.val_limit
+            step_dir, "val-", config.data.val, ids, 0, greedy=True, limit=limit
         )
         rows = list(open_shards(scores, "scores").iter_rows())
         metrics = {"val_reward": sum(r["reward"] for r in rows) / max(len(rows), 1)}
@@ -254,6 +264,14 @@ def run_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     state.wait_for_everyone()
     if state.is_main_process:
         write_run_dir(config, overwrite=overwrite and not resume)
+        if any(trainer.overlong.values()):
+            write_report(run_dir, config.rollout.max_prompt_tokens, trainer.overlong)
+            counts = ", ".join(f"{len(v)} {k}" for k, v in trainer.overlong.items() if v)
+            console.print(
+                f"[yellow]dropped prompts longer than rollout.max_prompt_tokens"
+                f" ({config.rollout.max_prompt_tokens} tokens): {counts}; ids in"
+                f" {run_dir / 'overlong_prompts.json'}[/]"
+            )
     state.wait_for_everyone()
     with contextlib.closing(trainer):  # stops the scoring workers, also on errors
         try:
