@@ -12,7 +12,7 @@ image breaks the model ("image features and image tokens do not match").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from itertools import islice
 from typing import Any
 
@@ -45,16 +45,35 @@ def prompt_lengths(io: PolicyIO, rows: list[Mapping[str, Any]]) -> list[int]:
 
 
 def overlong_prompts(
-    io: PolicyIO, rows: Iterable[Mapping[str, Any]], limit: int
+    io: PolicyIO,
+    rows: Iterable[Mapping[str, Any]],
+    limit: int,
+    where: Callable[[str], str] | None = None,
 ) -> list[tuple[str, int]]:
-    """``(id, tokens)`` of every prompt longer than ``limit`` tokens, in order."""
+    """``(id, tokens)`` of every prompt longer than ``limit`` tokens, in order. ``where`` names a
+    prompt's place by its id (``ShardSet.where``) for the error of an unreadable image."""
     found: list[tuple[str, int]] = []
     rows = iter(rows)
     while batch := list(islice(rows, BATCH)):
-        for row, length in zip(batch, prompt_lengths(io, batch), strict=True):
+        try:
+            lengths = prompt_lengths(io, batch)
+        except MgpoError as error:
+            if where is None:
+                raise
+            bad = next(r for r in batch if _fails(io, r))
+            raise MgpoError(f"{where(str(bad['id']))}: {error}") from None
+        for row, length in zip(batch, lengths, strict=True):
             if length > limit:
                 found.append((str(row["id"]), length))
     return found
+
+
+def _fails(io: PolicyIO, row: Mapping[str, Any]) -> bool:
+    try:
+        prompt_lengths(io, [row])
+    except MgpoError:
+        return True
+    return False
 
 
 def overlong_error(where: str, found: tuple[str, int], option: str, limit: int, advice: str):

@@ -165,7 +165,7 @@ def _overlong(options: RolloutOptions, prompts: ShardSet, engine: Engine) -> set
         rows = (row for row in rows if row["id"] in wanted)
     else:
         rows = itertools.islice(rows, options.limit)
-    found = overlong_prompts(io, rows, limit)
+    found = overlong_prompts(io, rows, limit, prompts.where)
     if found and not options.filter_overlong:
         advice = "pass --filter-overlong to drop such prompts, or allow longer ones"
         raise overlong_error(prompts.where(found[0][0]), found[0], option, limit, advice)

@@ -25,7 +25,8 @@ def fitting_ids(
     """The ids of ``shards`` in order without the overlong ones, and those ``(id, tokens)``."""
     prompts = open_shards(shards, "prompts")
     ids = [row["id"] for row in prompts.iter_rows(columns=["id"])]
-    found = overlong_prompts(io, prompts.iter_rows(columns=["id", "prompt", "images"]), limit)
+    rows = prompts.iter_rows(columns=["id", "prompt", "images"])
+    found = overlong_prompts(io, rows, limit, prompts.where)
     if found and not drop:
         advice = "set data.filter_overlong=true to drop such prompts, or raise the limit"
         raise overlong_error(
