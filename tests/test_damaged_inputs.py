@@ -45,7 +45,16 @@ from helpers import (
 )
 from stages.shards import open_shards, write_shards
 
-TIMING_KEYS = {"rollout_s", "score_s", "logprobs_s", "update_s", "step_time_s"}
+PART = "part-00000.parquet"
+OVERLONG = ["--set", "rollout.max_prompt_tokens=20"]
+TIMING_KEYS = {
+    "rollout_s",
+    "score_s",
+    "logprobs_s",
+    "update_s",
+    "step_time_s",
+    "trainer_tokens_per_s",
+}
 TRAIN = ["--recipe", "tiny", "--set", "data.val=null", "--set", "rollout.batch_prompts=4"]
 TRAIN += ["--set", "rollout.n=2", "--set", "rollout.max_new_tokens=1"]
 
@@ -105,17 +114,16 @@ def after(_done: object, *args: object) -> list:
 
 
 def flip_byte(part: Path, column: str) -> None:
-    """Flip one byte in the middle of ``column``'s data in the first row group."""
+    """Flip the last byte of ``column``'s data in the first row group: page data, which the
+    page's CRC covers (a byte in a page header's statistics would go unnoticed, harmlessly)."""
     import pyarrow.parquet as pq
 
     group = pq.ParquetFile(part).metadata.row_group(0)
-    chunk = next(
-        group.column(i)
-        for i in range(group.num_columns)
-        if group.column(i).path_in_schema.split(".")[0] == column
-    )
+    columns = (group.column(i) for i in range(group.num_columns))
+    chunk = next(c for c in columns if c.path_in_schema.split(".")[0] == column)
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
     data = bytearray(part.read_bytes())
-    data[chunk.data_page_offset + chunk.total_compressed_size // 2] ^= 0xFF
+    data[start + chunk.total_compressed_size - 1] ^= 0xFF
     part.write_bytes(bytes(data))
 
 
@@ -215,7 +223,12 @@ def broken_model(ws: Path) -> Path:
 # --------------------------------------------------------------------------------- the cases
 
 ROLL = ["--model", "tiny", "-n", "1", "--max-new-tokens", "1", "--out", "new"]
+ROLLOUT = ["rollout", "--prompts", "prompts", *ROLL]
+SCORE = ["score", "--rollouts", "rollouts", "--prompts", "prompts"]
+NEW_RUN = ["train", *TRAIN, "--run-dir", "new-run", "--steps", "1", "--set", "data.shuffle=false"]
 EVAL = ["--limit", "2", "--max-new-tokens", "1", "--workers", "1"]
+EVAL_RUN = ["eval", "shapes", "--model", "run", *EVAL]
+G3K = ["prepare", "geometry3k", "--source"]
 
 
 @dataclass(frozen=True)
@@ -225,34 +238,40 @@ class Case:
     subprocess: bool = False  # through a real interpreter rather than in-process
 
 
+def image_rollout(value: bytes) -> Callable[[Path], list]:
+    """rollout over the good prompts with row 2's image bytes replaced by ``value``."""
+    return lambda ws: ["rollout", "--prompts", bad_image_prompts(ws, image(value)), *ROLL]
+
+
+def image(data: bytes) -> dict:
+    return {"bytes": data, "path": None}
+
+
 CASES: dict[str, Case] = {
     # -- prepare
     "prepare_jsonl_not_utf8": Case(
-        lambda ws: ["prepare", "geometry3k", "--source", jsonl_with(ws, 2, b'{"problem": "\xff"}')],
+        lambda ws: [*G3K, jsonl_with(ws, 2, b'{"problem": "\xff"}')],
         ("train.jsonl line 2", "not UTF-8"),
     ),
     "prepare_jsonl_broken_line": Case(
-        lambda ws: ["prepare", "geometry3k", "--source", jsonl_with(ws, 3, b'{"problem": ')],
+        lambda ws: [*G3K, jsonl_with(ws, 3, b'{"problem": ')],
         ("train.jsonl line 3", "not valid JSON"),
     ),
     "prepare_image_20000x20000": Case(
-        lambda ws: ["prepare", "geometry3k", "--source", jsonl_image(ws, big=True)],
-        ("train.jsonl row 1 image 0", "too many pixels"),
+        lambda ws: [*G3K, jsonl_image(ws, big=True)], ("g3k row 1 image 0", "too many pixels")
     ),
     "prepare_image_not_an_image": Case(
-        lambda ws: ["prepare", "geometry3k", "--source", jsonl_image(ws, b"GIF89a, no")],
-        ("row 1 image 0", "unreadable image"),
+        lambda ws: [*G3K, jsonl_image(ws, b"GIF89a, no")], ("row 1 image 0", "unreadable image")
     ),
     "prepare_image_zero_bytes": Case(
-        lambda ws: ["prepare", "geometry3k", "--source", jsonl_image(ws, b"")],
-        ("row 1 image 0", "is empty"),
+        lambda ws: [*G3K, jsonl_image(ws, b"")], ("row 1 image 0", "is empty")
     ),
     "prepare_out_unwritable": Case(
         lambda ws: ["prepare", "shapes", "--size", "4", "--out", unwritable(ws) / "p"],
         ("--out", "cannot write"),
     ),
     "prepare_out_under_a_file": Case(
-        lambda ws: ["prepare", "shapes", "--size", "4", "--out", ws / "g3k" / "train.jsonl" / "p"],
+        lambda ws: ["prepare", "shapes", "--size", "4", "--out", "g3k/train.jsonl/p"],
         ("--out", "is a file, not a folder"),
     ),
     "prepare_zero_limit": Case(
@@ -267,18 +286,16 @@ CASES: dict[str, Case] = {
     ),
     # -- shards
     "shards_flipped_byte": Case(
-        lambda ws: after(
-            flip_byte(ws / "prompts" / "part-00000.parquet", "prompt"), "shards", "prompts"
-        ),
-        ("prompts/part-00000.parquet", "damaged data in column 'prompt', rows 0-7"),
+        lambda ws: after(flip_byte(ws / "prompts" / PART, "prompt"), "shards", "prompts"),
+        (f"prompts/{PART}", "damaged data in column 'prompt', rows 0-7"),
     ),
     "shards_manifest_rows_wrong": Case(
         lambda ws: after(set_rows(ws / "prompts", 5), "shards", "prompts"),
-        ("part-00000.parquet: holds 8 rows but manifest.json says 5",),
+        (f"{PART}: holds 8 rows but manifest.json says 5",),
     ),
     "shards_truncated_part": Case(
-        lambda ws: after(truncate(ws / "scores" / "part-00000.parquet"), "shards", "scores"),
-        ("scores/part-00000.parquet", "not a readable Parquet file"),
+        lambda ws: after(truncate(ws / "scores" / PART), "shards", "scores"),
+        (f"scores/{PART}", "not a readable Parquet file"),
     ),
     "shards_manifest_not_json": Case(
         lambda ws: after((ws / "scores" / "manifest.json").write_text("{"), "shards", "scores"),
@@ -290,198 +307,88 @@ CASES: dict[str, Case] = {
     ),
     # -- rollout
     "rollout_flipped_byte": Case(
-        lambda ws: after(
-            flip_byte(ws / "prompts" / "part-00000.parquet", "images"),
-            "rollout",
-            "--prompts",
-            "prompts",
-            *ROLL,
-        ),  # fmt: skip
-        ("part-00000.parquet", "damaged data in column 'images'"),
+        lambda ws: after(flip_byte(ws / "prompts" / PART, "images"), *ROLLOUT),
+        (f"prompts/{PART}", "damaged data in column 'images'"),
     ),
     "rollout_manifest_rows_wrong": Case(
-        lambda ws: after(set_rows(ws / "prompts", 5), "rollout", "--prompts", "prompts", *ROLL),
+        lambda ws: after(set_rows(ws / "prompts", 5), *ROLLOUT),
         ("holds 8 rows but manifest.json says 5",),
     ),
     "rollout_image_not_an_image": Case(
-        lambda ws: [
-            "rollout",
-            "--prompts",
-            bad_image_prompts(ws, {"bytes": b"hello", "path": None}),
-            *ROLL,
-        ],  # fmt: skip
-        ("part-00000.parquet row 2", "column 'images'[0]", "not an image"),
+        image_rollout(b"hello"), (f"{PART} row 2", "column 'images'[0]", "not an image")
     ),
     "rollout_image_zero_bytes": Case(
-        lambda ws: [
-            "rollout",
-            "--prompts",
-            bad_image_prompts(ws, {"bytes": b"", "path": None}),
-            *ROLL,
-        ],  # fmt: skip
-        ("part-00000.parquet row 2", "column 'images'[0]", "empty image"),
+        image_rollout(b""), (f"{PART} row 2", "column 'images'[0]", "empty image")
     ),
     "rollout_image_header_20000x20000": Case(
-        lambda ws: [
-            "rollout",
-            "--prompts",
-            bad_image_prompts(ws, {"bytes": png_header(20000, 20000), "path": None}),
-            *ROLL,
-        ],  # fmt: skip
-        ("part-00000.parquet row 2", "column 'images'[0]", "unreadable image"),
+        image_rollout(png_header(20000, 20000)),
+        (f"{PART} row 2", "column 'images'[0]", "unreadable image"),
     ),
     "rollout_meta_not_json": Case(
         lambda ws: ["rollout", "--prompts", bad_meta_prompts(ws), *ROLL],
-        ("part-00000.parquet row 1", "column 'meta' is not JSON"),
+        (f"{PART} row 1", "column 'meta' is not JSON"),
     ),
     "rollout_temperature_nan": Case(
-        lambda ws: ["rollout", "--prompts", "prompts", *ROLL, "--temperature", "nan"],
-        ("--temperature must be a finite number",),
+        lambda ws: [*ROLLOUT, "--temperature", "nan"], ("--temperature must be a finite number",)
     ),
     "rollout_top_p_inf": Case(
-        lambda ws: ["rollout", "--prompts", "prompts", *ROLL, "--top-p", "inf"],
-        ("--top-p must be a finite number",),
+        lambda ws: [*ROLLOUT, "--top-p", "inf"], ("--top-p must be a finite number",)
     ),
     "rollout_out_unwritable": Case(
-        lambda ws: ["rollout", "--prompts", "prompts", *ROLL[:-1], unwritable(ws) / "r"],
-        ("--out", "cannot write"),
+        lambda ws: [*ROLLOUT, "--out", unwritable(ws) / "r"], ("--out", "cannot write")
     ),
     "rollout_overlong_prompt": Case(
-        lambda ws: ["rollout", "--prompts", "prompts", *ROLL, "--max-prompt-tokens", "20"],
-        ("part-00000.parquet row 0", "tokens (images included)", "--max-prompt-tokens 20"),
+        lambda ws: [*ROLLOUT, "--max-prompt-tokens", "20"],
+        (f"{PART} row 0", "tokens (images included)", "--max-prompt-tokens 20"),
     ),
     "rollout_after_a_killed_prepare": Case(
         lambda ws: ["rollout", "--prompts", killed_stage(ws, "fresh"), *ROLL],
         ("no such shard directory", "unfinished run is staged"),
     ),
     "rollout_bad_count": Case(
-        lambda ws: ["rollout", "--prompts", "prompts", *ROLL, "-n", "many"],
-        ("Invalid value for '-n'",),
-        True,
+        lambda ws: [*ROLLOUT, "-n", "many"], ("Invalid value for '-n'",), True
     ),
     # -- score
     "score_timeout_inf": Case(
-        lambda ws: ["score", "--rollouts", "rollouts", "--prompts", "prompts", "--timeout", "inf"],
-        ("--timeout must be a finite number",),
+        lambda ws: [*SCORE, "--timeout", "inf"], ("--timeout must be a finite number",)
     ),
     "score_timeout_nan": Case(
-        lambda ws: ["score", "--rollouts", "rollouts", "--prompts", "prompts", "--timeout", "nan"],
-        ("--timeout must be a finite number",),
+        lambda ws: [*SCORE, "--timeout", "nan"], ("--timeout must be a finite number",)
     ),
     "score_format_weight_out_of_range": Case(
-        lambda ws: [
-            "score",
-            "--rollouts",
-            "rollouts",
-            "--prompts",
-            "prompts",
-            "--format-weight",
-            "2",
-        ],  # fmt: skip
-        ("--format-weight must be in [0, 1]",),
+        lambda ws: [*SCORE, "--format-weight", "2"], ("--format-weight must be in [0, 1]",)
     ),
     "score_out_unwritable": Case(
-        lambda ws: [
-            "score",
-            "--rollouts",
-            "rollouts",
-            "--prompts",
-            "prompts",
-            "--out",
-            unwritable(ws) / "s",
-        ],  # fmt: skip
-        ("--out", "cannot write"),
+        lambda ws: [*SCORE, "--out", unwritable(ws) / "s"], ("--out", "cannot write")
     ),
     "score_flipped_byte": Case(
-        lambda ws: after(
-            flip_byte(ws / "rollouts" / "part-00000.parquet", "response"),
-            "score",
-            "--rollouts",
-            "rollouts",
-            "--prompts",
-            "prompts",
-            "--out",
-            "s",
-        ),  # fmt: skip
-        ("rollouts/part-00000.parquet", "damaged data in column 'response'"),
+        lambda ws: after(flip_byte(ws / "rollouts" / PART, "response"), *SCORE, "--out", "s"),
+        (f"rollouts/{PART}", "damaged data in column 'response'"),
     ),
     "score_missing_reward_file": Case(
-        lambda ws: [
-            "score",
-            "--rollouts",
-            "rollouts",
-            "--prompts",
-            "prompts",
-            "--reward",
-            "nope.py:fn",
-        ],  # fmt: skip
+        lambda ws: [*SCORE, "--reward", "nope.py:fn", "--out", "s"],
         ("--reward 'nope.py:fn'", "does not exist"),
     ),
-    # -- train
+    # -- train (a new run must leave no run folder behind)
     "train_lr_nan": Case(
-        lambda ws: [
-            "train",
-            *TRAIN,
-            "--data",
-            "prompts",
-            "--run-dir",
-            "new-run",
-            "--set",
-            "optim.lr=nan",
-        ],  # fmt: skip
+        lambda ws: [*NEW_RUN, "--data", "prompts", "--set", "optim.lr=nan"],
         ("optim.lr must be a finite number",),
     ),
     "train_lr_inf": Case(
-        lambda ws: [
-            "train",
-            *TRAIN,
-            "--data",
-            "prompts",
-            "--run-dir",
-            "new-run",
-            "--set",
-            "optim.lr=.inf",
-        ],  # fmt: skip
+        lambda ws: [*NEW_RUN, "--data", "prompts", "--set", "optim.lr=.inf"],
         ("optim.lr must be a finite number",),
     ),
     "train_temperature_nan": Case(
-        lambda ws: [
-            "train",
-            *TRAIN,
-            "--data",
-            "prompts",
-            "--run-dir",
-            "new-run",
-            "--set",
-            "rollout.temperature=nan",
-        ],  # fmt: skip
+        lambda ws: [*NEW_RUN, "--data", "prompts", "--set", "rollout.temperature=nan"],
         ("rollout.temperature must be a finite number",),
     ),
     "train_zero_timeout": Case(
-        lambda ws: [
-            "train",
-            *TRAIN,
-            "--data",
-            "prompts",
-            "--run-dir",
-            "new-run",
-            "--set",
-            "score.timeout_s=0",
-        ],  # fmt: skip
+        lambda ws: [*NEW_RUN, "--data", "prompts", "--set", "score.timeout_s=0"],
         ("score.timeout_s must be positive",),
         True,
     ),
     "train_missing_reward_file": Case(
-        lambda ws: [
-            "train",
-            *TRAIN,
-            "--data",
-            "prompts",
-            "--run-dir",
-            "new-run",
-            "--set",
-            "score.reward=nope.py:fn",
-        ],  # fmt: skip
+        lambda ws: [*NEW_RUN, "--data", "prompts", "--set", "score.reward=nope.py:fn"],
         ("nope.py", "does not exist"),
     ),
     "train_resume_damaged_config": Case(
@@ -493,7 +400,7 @@ CASES: dict[str, Case] = {
             "--run-dir",
             damaged_config(ws),
             "--resume",
-        ],  # fmt: skip
+        ],
         ("run/config.json: damaged", "--overwrite"),
     ),
     "train_run_dir_unwritable": Case(
@@ -502,71 +409,41 @@ CASES: dict[str, Case] = {
     ),
     "train_overlong_prompts_refused": Case(
         lambda ws: [
-            "train",
-            *TRAIN,
+            *NEW_RUN,
             "--data",
             "prompts",
-            "--run-dir",
-            "new-run",
-            "--set",
-            "rollout.max_prompt_tokens=20",
+            *OVERLONG,
             "--set",
             "data.filter_overlong=false",
-        ],  # fmt: skip
-        ("prompts/part-00000.parquet row 0", "more than rollout.max_prompt_tokens 20"),
+        ],
+        (f"prompts/{PART} row 0", "more than rollout.max_prompt_tokens 20"),
     ),
     "train_unreadable_image": Case(  # found when prompts are counted, before the run folder
-        lambda ws: [
-            "train",
-            *TRAIN,
-            "--data",
-            bad_image_prompts(ws, {"bytes": b"x", "path": None}),
-            "--run-dir",
-            "new-run",
-        ],  # fmt: skip
-        ("bad-prompts/part-00000.parquet row 2", "column 'images'[0]", "unreadable image"),
+        lambda ws: [*NEW_RUN, "--data", bad_image_prompts(ws, image(b"x"))],
+        (f"bad-prompts/{PART} row 2", "column 'images'[0]", "unreadable image"),
     ),
     "train_truncated_image_in_step_1": Case(  # its header reads, its pixels do not: in step 1
-        lambda ws: [
-            "train",
-            *TRAIN,
-            "--data",
-            bad_image_prompts(ws, {"bytes": png_header(8, 8), "path": None}),
-            "--run-dir",
-            "new-run",
-            "--set",
-            "data.shuffle=false",
-        ],  # fmt: skip
-        ("bad-prompts/part-00000.parquet row 2", "column 'images'[0]", "unreadable image"),
+        lambda ws: [*NEW_RUN, "--data", bad_image_prompts(ws, image(png_header(8, 8)))],
+        (f"bad-prompts/{PART} row 2", "column 'images'[0]", "unreadable image"),
     ),
     # -- eval
     "eval_timeout_inf": Case(
-        lambda ws: ["eval", "shapes", "--model", "run", *EVAL, "--timeout", "inf", "--out", "e"],
+        lambda ws: [*EVAL_RUN, "--timeout", "inf", "--out", "e"],
         ("--timeout must be a finite number",),
     ),
     "eval_temperature_nan": Case(
-        lambda ws: ["eval", "shapes", "--model", "run", *EVAL, "--temperature", "nan"],
-        ("--temperature must be a finite number",),
+        lambda ws: [*EVAL_RUN, "--temperature", "nan"], ("--temperature must be a finite number",)
     ),
     "eval_out_is_a_file": Case(
-        lambda ws: ["eval", "shapes", "--model", "run", *EVAL, "--out", "g3k/train.jsonl"],
+        lambda ws: [*EVAL_RUN, "--out", "g3k/train.jsonl"],
         ("--out g3k/train.jsonl", "exists and is not a directory"),
     ),
     "eval_run_without_a_policy": Case(
         lambda ws: ["eval", "shapes", "--model", run_without_policy(ws), *EVAL],
         ("young-run", "no policy yet"),
     ),
-    "eval_overwrite_with_a_broken_model": Case(
-        lambda ws: [
-            "eval",
-            "shapes",
-            "--model",
-            broken_model(ws),
-            *EVAL,
-            "--out",
-            "evals",
-            "--overwrite",
-        ],  # fmt: skip
+    "eval_overwrite_with_a_broken_model": Case(  # the old results stay as they were
+        lambda ws: after(broken_model(ws), *EVAL_RUN, "--out", "evals", "--overwrite"),
         ("cannot load model", "run/final"),
     ),
     # -- report
