@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_train import _metrics  # metrics rows without their timings
 
 from helpers import (
     assert_user_error,
@@ -47,14 +48,6 @@ from stages.shards import open_shards, write_shards
 
 PART = "part-00000.parquet"
 OVERLONG = ["--set", "rollout.max_prompt_tokens=20"]
-TIMING_KEYS = {
-    "rollout_s",
-    "score_s",
-    "logprobs_s",
-    "update_s",
-    "step_time_s",
-    "trainer_tokens_per_s",
-}
 TRAIN = ["--recipe", "tiny", "--set", "data.val=null", "--set", "rollout.batch_prompts=4"]
 TRAIN += ["--set", "rollout.n=2", "--set", "rollout.max_new_tokens=1"]
 
@@ -503,11 +496,6 @@ def test_eval_and_report_take_a_real_run_directory(good: Path, tmp_path: Path) -
     assert summary["model_spec"] == "run" and summary["settings"]["model"].endswith("run/final")
     _ok(run_main("report", good / "run", "--out", tmp_path / "report"))
     assert (tmp_path / "report" / "index.html").is_file()
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in lines]
 
 
 def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 240) -> None:

@@ -200,7 +200,9 @@ def evaluate_pair(
     still missing, before the prompts are made, so a model that cannot load fails fast.
     """
     if options.overwrite and pair.folder.exists():
-        return replace_pair(pair, engine, judge, options, done)
+        summary = replace_pair(pair, lambda p: evaluate_pair(p, engine, judge, options, done))
+        done[pair.prompt_key()] = pair.prompts
+        return summary
     created = _new_folders(pair.folder)
     try:
         live = engine() if not is_complete(pair.rollouts) else None
@@ -219,13 +221,7 @@ def evaluate_pair(
         raise
 
 
-def replace_pair(
-    pair: Pair,
-    engine: Callable[[], Any],
-    judge: Any,
-    options: EvalOptions,
-    done: dict[str, Path],
-) -> dict[str, Any]:
+def replace_pair(pair: Pair, evaluate: Callable[[Pair], dict[str, Any]]) -> dict[str, Any]:
     """``--overwrite``: evaluate into a hidden sibling folder and swap it in only when the new
     results are complete, as shard sets are replaced; a failure keeps the old results."""
     staged = dataclasses.replace(
@@ -234,7 +230,7 @@ def replace_pair(
     if staged.saved_settings() != pair.settings:  # a killed --overwrite run resumes, nothing else
         shutil.rmtree(staged.folder, ignore_errors=True)
     try:
-        summary = evaluate_pair(staged, engine, judge, options, done)
+        summary = evaluate(staged)
     except MgpoError:
         shutil.rmtree(staged.folder, ignore_errors=True)
         raise
@@ -243,7 +239,6 @@ def replace_pair(
     os.replace(pair.folder, trash)
     os.replace(staged.folder, pair.folder)
     shutil.rmtree(trash, ignore_errors=True)
-    done[pair.prompt_key()] = pair.prompts
     return summary
 
 
