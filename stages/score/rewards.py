@@ -133,8 +133,8 @@ def check_result(result: Any) -> dict[str, float | str]:
     """A reward function's return value as ``{"reward", <components>, "extracted"}``.
 
     Raises TypeError / ValueError (the caller names the item and function) for anything that is
-    not a number or a dict of numbers with a ``reward`` key (non-finite ones: see
-    ``zero_if_not_finite``).
+    not a number or a dict of numbers with a ``reward`` key. A NaN or infinite value zeroes every
+    number of the row and adds ``non_finite: True`` (the runner counts and removes it).
     """
     if not isinstance(result, Mapping):
         return {"reward": _number("the returned value", result), "extracted": ""}
@@ -153,4 +153,5 @@ def check_result(result: Any) -> dict[str, float | str]:
         else:
             row[key] = _number(repr(key), value)
     row.setdefault("extracted", "")
-    return row
+    row, bad = zero_if_not_finite(row)
+    return {**row, "non_finite": True} if bad else row

@@ -31,13 +31,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from stages.errors import MgpoError
-from stages.score.rewards import (
-    builtin_components,
-    check_result,
-    load_reward_fn,
-    split_spec,
-    zero_if_not_finite,
-)
+from stages.score.rewards import builtin_components, check_result, load_reward_fn, split_spec
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_STARTUP_TIMEOUT_S = 120.0
@@ -406,8 +400,8 @@ def _score(
             worker.index = None
             if kind == "error":
                 raise fail(index, payload)
-            result, bad = zero_if_not_finite(dict(payload))
-            if bad:
+            result = dict(payload)
+            if result.pop("non_finite", False):  # check_result zeroed a NaN/inf value
                 non_finite.add(index)
             got = tuple(k for k in result if k not in ("reward", "extracted"))
             if components is None:
@@ -436,23 +430,18 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, float | int]:
     """Counts and means of score rows: ``items``, ``timed_out``, ``reward_mean`` and the mean of
     every numeric component (``accuracy_mean``, ...); means are 0.0 for no rows."""
     count = 0
-    timeouts = 0
-    non_finite = 0
+    flags = {"timed_out": 0, "non_finite": 0}  # items scored 0: past the limit, NaN/inf reward
     sums: dict[str, float] = {}
     for row in rows:
         count += 1
-        timeouts += bool(row.get("timed_out"))
-        non_finite += bool(row.get("non_finite"))
+        for flag in flags:
+            flags[flag] += bool(row.get(flag))
         for key, value in row.items():
             if key in ("prompt_id", "sample") or isinstance(value, (str, bool)):
                 continue
             if isinstance(value, (int, float)):
                 sums[key] = sums.get(key, 0.0) + float(value)
-    summary: dict[str, float | int] = {
-        "items": count,
-        "timed_out": timeouts,
-        "non_finite": non_finite,
-    }
+    summary: dict[str, float | int] = {"items": count, **flags}
     for key, total in sums.items():
         summary[f"{key}_mean"] = total / count
     return summary
