@@ -496,6 +496,16 @@ def test_eval_and_report_take_a_real_run_directory(good: Path, tmp_path: Path) -
     assert summary["model_spec"] == "run" and summary["settings"]["model"].endswith("run/final")
     _ok(run_main("report", good / "run", "--out", tmp_path / "report"))
     assert (tmp_path / "report" / "index.html").is_file()
+    # --overwrite that succeeds: the new results are swapped in, no hidden folder is left.
+    ws = tmp_path / "ws"
+    shutil.copytree(good, ws)
+    _ok(run_main(*EVAL_RUN, "--max-new-tokens", "2", "--out", "evals", "--overwrite", cwd=ws))
+    folder = ws / "evals" / "run-final"
+    assert sorted(p.name for p in folder.iterdir()) == ["shapes"]
+    assert (
+        json.loads((folder / "shapes" / "summary.json").read_text())["settings"]["max_new_tokens"]
+        == 2
+    )
 
 
 def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 240) -> None:
