@@ -49,7 +49,9 @@ def test_missing_split_in_a_directory_is_an_error(tmp_path):
 def test_missing_image_file_names_the_row(tmp_path):
     folder = write_mathvision(tmp_path, {"test": TEST})
     (folder / "images" / "2.jpg").unlink()
-    with pytest.raises(MgpoError, match="mathvision test row 1 image 0: image file .*images/2.jpg not found"):
+    with pytest.raises(
+        MgpoError, match="mathvision test row 1 image 0: image file .*images/2.jpg not found"
+    ):
         BENCH.load(source=folder)
 
 
