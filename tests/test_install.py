@@ -41,17 +41,26 @@ def _pip(bin_dir: Path, *args: str, cwd: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment without PYTHONPATH: the venv's own installation must answer."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def _mgpo(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run(
-        [str(bin_dir / "mgpo"), *args], cwd=cwd, capture_output=True, text=True, env=env
+        [str(bin_dir / "mgpo"), *args], cwd=cwd, capture_output=True, text=True, env=_clean_env()
     )
 
 
 def _where(bin_dir: Path, module: str, cwd: Path) -> Path:
     code = f"import importlib.resources as r, {module} as m; print(r.files(m))"
     out = subprocess.run(
-        [str(bin_dir / "python"), "-c", code], cwd=cwd, capture_output=True, text=True, check=True
+        [str(bin_dir / "python"), "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_clean_env(),
     )
     return Path(out.stdout.strip())
 
