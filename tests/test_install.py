@@ -30,20 +30,20 @@ def _venv(path: Path) -> Path:
     return path / "bin"
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment without PYTHONPATH: the venv's own installation must answer."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def _pip(bin_dir: Path, *args: str, cwd: Path) -> None:
     result = subprocess.run(
         [str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1"},
+        env={**_clean_env(), "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-
-
-def _clean_env() -> dict[str, str]:
-    """The environment without PYTHONPATH: the venv's own installation must answer."""
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def _mgpo(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
