@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import assert_user_error, cli_env, run_cli, run_main
+from stages.errors import MgpoError
 from stages.train.checkpoint import load_checkpoint, save_checkpoint
 from stages.train.config import TrainConfig
 from stages.train.data_order import Position, take
@@ -116,24 +117,22 @@ def test_data_order_is_resumable_and_covers_each_epoch() -> None:
 
 
 def test_checkpoint_round_trip_restores_optimizer_and_rng(tmp_path: Path) -> None:
+    from stages.train.dist import setup
+
+    processes = setup("cpu")
     model = torch.nn.Linear(4, 3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.randn(2, 4)).sum().backward()
     optimizer.step()
     random.seed(5)
     torch.manual_seed(5)
-    path = save_checkpoint(
-        tmp_path,
-        3,
-        model.state_dict(),
-        optimizer,
-        {"position": {"epoch": 1, "offset": 2}},
-        keep_last=2,
-    )
+    state = {"position": {"epoch": 1, "offset": 2}}
+    path = save_checkpoint(tmp_path, 3, processes, model, optimizer, state, keep_last=2)
     expected_torch, expected_py = torch.rand(3), random.random()
-    fresh = torch.optim.AdamW(torch.nn.Linear(4, 3).parameters(), lr=0.5)
-    weights, state = load_checkpoint(path, fresh)
-    assert torch.equal(weights["weight"], model.weight.detach())
+    fresh_model = torch.nn.Linear(4, 3)
+    fresh = torch.optim.AdamW(fresh_model.parameters(), lr=0.5)
+    state = load_checkpoint(path, processes, fresh_model, fresh)
+    assert torch.equal(fresh_model.weight, model.weight)
     assert state["step"] == 3 and state["position"] == {"epoch": 1, "offset": 2}
     for a, b in zip(
         fresh.state_dict()["state"].values(), optimizer.state_dict()["state"].values(), strict=True
@@ -141,7 +140,11 @@ def test_checkpoint_round_trip_restores_optimizer_and_rng(tmp_path: Path) -> Non
         assert all(torch.equal(a[k], b[k]) for k in ("exp_avg", "exp_avg_sq", "step"))
     assert fresh.param_groups[0]["lr"] == 0.1
     assert torch.equal(torch.rand(3), expected_torch) and random.random() == expected_py
-    assert not any(p.suffix == ".pkl" or p.suffix == ".bin" for p in path.iterdir())
+    assert not any(p.suffix in (".pkl", ".bin", ".pt") for p in path.iterdir())
+    # A checkpoint of another model is one clear error, not a partial load.
+    other = torch.nn.Linear(4, 2)
+    with pytest.raises(MgpoError, match="weight has shape"):
+        load_checkpoint(path, processes, other, torch.optim.AdamW(other.parameters()))
 
 
 # ----------------------------------------------------------------------------- end to end

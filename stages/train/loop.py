@@ -9,8 +9,9 @@ Each step:
   5. hand the new weights to the live rollout engine, log metrics, validate, checkpoint.
 
 The policy side (model, optimizer, checkpoints) is :class:`~stages.train.policy.Policy`; this
-module orchestrates the stages around it. Under ``accelerate launch`` every process reads the
-same shards (the main process writes them) and trains on its own slice of every micro-batch.
+module orchestrates the stages around it. Under ``accelerate launch`` or ``torchrun`` every process
+reads the same shards (the main process writes them) and trains on its own slice of every
+micro-batch; the others wait while the main process rolls out and scores.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from stages.errors import MgpoError
 from stages.rollout import HFEngine, RolloutOptions, make_engine, run_rollout
 from stages.score import ScoreOptions, ScorePool, run_score, score_pool
 from stages.shards import is_complete, open_shards, prompt_row
+from stages.train import dist
 from stages.train.config import TrainConfig
 from stages.train.data_order import Position, take
 from stages.train.live import LiveView
@@ -48,9 +50,14 @@ class Trainer:
         self.run_dir = run_dir
         self.policy = Policy(config)
         rollout = config.rollout
-        if rollout.backend == "hf":  # share the trained module: updates are visible at once
-            self.engine = HFEngine(
-                self.policy.module, self.policy.io, micro_batch_size=rollout.micro_batch
+        if (
+            rollout.backend == "hf"
+        ):  # the trained module itself where it can (Policy.rollout_module)
+            module = self.policy.rollout_module
+            self.engine = (
+                None
+                if module is None
+                else HFEngine(module, self.policy.io, micro_batch_size=rollout.micro_batch)
             )
         else:
             self.engine = make_engine(rollout.backend, self._rollout_options("", "", 0, 0))
@@ -65,10 +72,10 @@ class Trainer:
 
     @property
     def is_main(self) -> bool:
-        return self.policy.accelerator.is_main_process
+        return self.policy.dist.is_main
 
     def wait_for_everyone(self) -> None:
-        self.policy.accelerator.wait_for_everyone()
+        self.policy.dist.barrier()
 
     # -- stages, called exactly as the CLI calls them -----------------------------------------
 
@@ -225,6 +232,7 @@ class Trainer:
             return False
         self.step = int(state["step"])
         self.position = Position(**state["position"])
+        self.policy.sync_rollout(self.engine)
         return True
 
     def close(self) -> None:
@@ -243,16 +251,16 @@ def run_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     open_shards(config.data.train, "prompts")
     if config.data.val:
         open_shards(config.data.val, "prompts")
-    from accelerate import PartialState
-
     run_dir = check_run_dir(config, resume=resume, overwrite=overwrite)
-    state = PartialState(cpu=not (torch.cuda.is_available() and config.trainer.device != "cpu"))
-    state.wait_for_everyone()
-    if state.is_main_process:
+    processes = dist.setup(config.trainer.device, config.trainer.collective_timeout_s)
+    processes.barrier()
+    if processes.is_main:
         write_run_dir(config, overwrite=overwrite and not resume)
-    state.wait_for_everyone()
+    processes.barrier()
     trainer = Trainer(config, run_dir)
-    with contextlib.closing(trainer):  # stops the scoring workers, also on errors
+    # closing: stops the scoring workers; shutdown: leaves the process group (also on errors)
+    with contextlib.closing(trainer), contextlib.ExitStack() as leave:
+        leave.callback(dist.shutdown)
         log = MetricsLog(
             run_dir, enabled=trainer.is_main, wandb=config.trainer.wandb, config=to_dict(config)
         )
@@ -273,8 +281,7 @@ def run_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
                 batch, metrics = trainer.collect(step_dir)
                 metrics.update(trainer.update(batch))
                 trainer.step += 1
-                if config.rollout.backend != "hf":
-                    trainer.engine.update_weights(trainer.policy.module.named_parameters())
+                trainer.policy.sync_rollout(trainer.engine)
                 if config.trainer.val_every and trainer.step % config.trainer.val_every == 0:
                     metrics.update(trainer.validate(step_dir))
                 metrics["step_time_s"] = time.perf_counter() - started
