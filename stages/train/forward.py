@@ -91,7 +91,9 @@ class LogprobModel(nn.Module):
             temperature=temperature,
             with_entropy=with_entropy,
         )
-        return result.logp, result.entropy
+        # copies, not views: FSDP hooks the outputs for backward, and a view could lose that
+        entropy = None if result.entropy is None else result.entropy.clone()
+        return result.logp.clone(), entropy
 
     def _blank_image(self) -> Tensor:
         """Zero times the vision tower's output on a blank minimal image (see the module doc)."""

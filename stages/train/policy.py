@@ -83,12 +83,11 @@ class Policy:
             )
         self.module = model
         self.rollout_module = self._rollout_module()
-        self.model = self._wrap(LogprobModel(model, self.dtype))
         self.reference = None
-        if config.algo.kl_coef > 0:
-            frozen = copy.deepcopy(model).requires_grad_(False)
-            ref = LogprobModel(frozen, self.dtype)
+        if config.algo.kl_coef > 0:  # copied before sharding (FSDP modules cannot be copied)
+            ref = LogprobModel(copy.deepcopy(model).requires_grad_(False), self.dtype)
             self.reference = sharding.shard(ref, self.dist, self.dtype) if self.fsdp else ref
+        self.model = self._wrap(LogprobModel(model, self.dtype))
         params = [p for p in model.parameters() if p.requires_grad]  # after sharding: DTensors
         optim = config.optim
         self.optimizer = torch.optim.AdamW(

@@ -26,9 +26,10 @@ from stages.train.dist import Distributed
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
-    """The model's repeated blocks (its ``_no_split_modules``), in module order."""
+    """The model's repeated blocks (its ``_no_split_modules``), in module order; also once
+    sharded (FSDP2 gives each a subclass of its own, ``FSDPQwen2_5_VLDecoderLayer``)."""
     names = set(getattr(model, "_no_split_modules", None) or ())
-    return [m for m in model.modules() if type(m).__name__ in names]
+    return [m for m in model.modules() if any(c.__name__ in names for c in type(m).__mro__)]
 
 
 def shard(root: nn.Module, dist: Distributed, compute_dtype: torch.dtype) -> nn.Module:
