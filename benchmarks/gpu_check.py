@@ -6,7 +6,7 @@ accelerate, pyarrow, pyyaml, typer, rich, pillow, jinja2; no internet, no ``data
 
     python benchmarks/gpu_check.py | grep '^{'
 
-The same code at toy sizes on a CPU (what the test suite runs, about a minute):
+The same code at toy sizes on a CPU (what the test suite runs, under half a minute):
 
     python benchmarks/gpu_check.py --dry-run
 

@@ -93,6 +93,15 @@ def launch(processes: int, args: list[str], launcher: str = "accelerate") -> lis
     return [sys.executable, *start, "mgpo_cli", *map(str, args)]
 
 
+def run_ok(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``command`` to completion; it must succeed."""
+    result = subprocess.run(
+        command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 class Runs:
     """Training runs by name, each started once per module (several tests compare the same)."""
 
@@ -105,15 +114,7 @@ class Runs:
         if name not in self.done:
             run = self.root / name
             args = train_args(self.root, case, **{"trainer.strategy": strategy})
-            result = subprocess.run(
-                launch(processes, [*args, "--run-dir", run]),
-                cwd=self.root,
-                env=cli_env(),
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            assert result.returncode == 0, result.stderr[-3000:]
+            run_ok(launch(processes, [*args, "--run-dir", run]), self.root)
             self.done[name] = run
         return self.done[name]
 
@@ -312,15 +313,7 @@ def test_fsdp_run_killed_mid_step_resumes_exactly_and_exports_a_model_folder(
     names = sorted(p.name for p in checkpoint.iterdir())
     assert "model-rank00000.safetensors" in names and "model-rank00001.safetensors" in names
     assert all(p.suffix in (".json", ".safetensors", ".jinja") for p in checkpoint.iterdir())
-    resumed = subprocess.run(
-        launch(2, [*args, "--resume"], launcher="torchrun"),
-        cwd=data,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_ok(launch(2, [*args, "--resume"], launcher="torchrun"), data)
     assert metrics(killed) == metrics(straight)
     a, b = weights(killed), weights(straight)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -388,15 +381,7 @@ def test_gpu_check_dry_run_without_datasets_math_verify_or_vllm(tmp_path: Path) 
     """The GPU check's code at toy sizes on the CPU, with the packages its GPU machine lacks made
     unimportable: one JSON line per result, master weights that move at lr 1e-6."""
     script = REPO / "benchmarks" / "gpu_check.py"
-    result = subprocess.run(
-        [sys.executable, "-c", WITHOUT, str(script), "--dry-run"],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok([sys.executable, "-c", WITHOUT, str(script), "--dry-run"], tmp_path)
     lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
     by_check = {}
     for line in lines:

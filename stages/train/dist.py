@@ -41,18 +41,17 @@ class Distributed:
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum of a small vector over all processes (float64, one all-reduce)."""
-        if self.world == 1:
-            return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor.tolist()
+        return self._reduce(values, dist.ReduceOp.SUM)
 
     def max(self, values: list[float]) -> list[float]:
         """Element-wise maximum of a small vector over all processes."""
+        return self._reduce(values, dist.ReduceOp.MAX)
+
+    def _reduce(self, values: list[float], op: dist.ReduceOp) -> list[float]:
         if self.world == 1:
             return list(values)
         tensor = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        dist.all_reduce(tensor, op=op)
         return tensor.tolist()
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
