@@ -271,6 +271,9 @@ def test_ddp_and_fsdp_on_two_processes_match_one(runs: Runs, tiny_model_dir: Pat
             for key in ("pg_loss", "entropy", "ratio_mean", "ratio_max", "ratio_min", "kl"):
                 if key in x:
                     assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (other, key)
+            # the rollout engine samples with the updated weights (FSDP: a refreshed copy)
+            mismatch = x["engine_logprob_mismatch"]
+            assert mismatch == pytest.approx(y["engine_logprob_mismatch"], abs=1e-6)
         assert [m["processes"] for m in b] == [float(other.name[-1])] * 2
         assert a[0]["grad_norm"] > 0
         assert_same_update(start, weights(one), weights(other))
