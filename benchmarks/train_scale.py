@@ -37,6 +37,10 @@ VOWEL = (
     "    return {'reward': float(response.strip()[:1].lower() in 'aeiou')}\n"
 )
 
+# 8 prompts x 8 samples, responses of up to 16 tokens, 8 sequences per forward/backward
+SETTINGS = ["data.val=null", "rollout.batch_prompts=8", "rollout.n=8", "rollout.max_new_tokens=16"]
+SETTINGS += ["optim.micro_batch=8", "trainer.save_every=0"]
+
 
 def mgpo(*args: str) -> list[str]:
     return [sys.executable, "-m", "mgpo_cli", *args]
@@ -66,18 +70,9 @@ def throughput(steps: int) -> None:
             capture_output=True,
         )
         (root / "vowel.py").write_text(VOWEL)
-        settings = {
-            "data.val": "null",
-            "rollout.batch_prompts": 8,
-            "rollout.n": 8,
-            "rollout.max_new_tokens": 16,
-            "optim.micro_batch": 8,
-            "trainer.save_every": 0,
-            "score.reward": f"{root / 'vowel.py'}:vowel",
-        }
+        settings = SETTINGS + [f"score.reward={root / 'vowel.py'}:vowel"]
         base = ["train", "--recipe", "tiny", "--data", str(root / "data"), "--steps", str(steps)]
-        for key, value in settings.items():
-            base += ["--set", f"{key}={value}"]
+        base += [arg for setting in settings for arg in ("--set", setting)]
         results = {}
         for name, processes, strategy in (
             ("1 process", 1, "ddp"),
