@@ -64,13 +64,33 @@ def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
-def plan_gib(config: Any, width: int) -> float | None:
-    """The memory plan's per-GPU figure for this update, to print beside the measured peak.
+def plan_gib(config: Any, width: int, prompt_tokens: int, gpu_bytes: int) -> float:
+    """The memory plan's figure for this update, to print beside the measured peak.
 
-    PLAN: wire in ``stages.train.memory_plan.memory_plan(config, ...)`` here once the memory-plan
-    branch (issue 14, item 6) is merged; until then the check prints ``null``.
+    ``stages.train.memory_plan.plan_memory`` for the published 3B architecture on one GPU, with
+    the prompt and response lengths of this batch: the held items (parameters, optimizer) plus the
+    update's (gradients, weight copies, activations, log-prob chunks). The runtime reserve (CUDA
+    context, allocator slack) and the rollout phase are left out: ``torch.cuda.max_memory_allocated``
+    sees neither.
     """
-    return None
+    import dataclasses
+
+    from stages.train.memory_plan import HELD, UPDATE, plan_memory
+
+    planned = dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, name="Qwen/Qwen2.5-VL-3B-Instruct"),
+        rollout=dataclasses.replace(
+            config.rollout, max_prompt_tokens=prompt_tokens, max_new_tokens=width
+        ),
+    )
+    plan = plan_memory(planned, processes=1, gpu_bytes=gpu_bytes)
+    counted = [
+        item.bytes
+        for item in plan.items
+        if not item.name.startswith("runtime") and ({HELD, UPDATE} & set(item.phases))
+    ]
+    return sum(counted) / 2**30
 
 
 # -- the random-weight 3B-architecture model --------------------------------------------------------
@@ -200,6 +220,7 @@ def changed_fractions(before: dict[str, torch.Tensor], policy: Any) -> tuple[flo
 
 
 def check_update(args: argparse.Namespace, sizes: dict, device: torch.device) -> None:
+    from stages.models.prompt_length import prompt_lengths
     from stages.rollout import HFEngine
     from stages.train.policy import Policy
     from stages.train.sharding import local
@@ -236,7 +257,13 @@ def check_update(args: argparse.Namespace, sizes: dict, device: torch.device) ->
         if device.type == "cuda":
             record["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             record["reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
-        record["plan_gib"] = plan_gib(config, width)
+        prompt_tokens = max(prompt_lengths(io, list(rows.values())))
+        total = (
+            torch.cuda.get_device_properties(device).total_memory
+            if device.type == "cuda"
+            else 80 * 2**30
+        )
+        record["plan_gib"] = plan_gib(config, width, prompt_tokens, total)
         emit(record)
     log("hf generate on the bf16 rollout copy")
     engine = HFEngine(policy.rollout_module, io, micro_batch_size=sizes["sequences"])
