@@ -164,6 +164,25 @@ def run_cli(
     )
 
 
+def launch_command(
+    processes: int, args: Sequence[str | os.PathLike], launcher: str = "accelerate"
+) -> list[str]:
+    """The command line starting ``mgpo ARGS`` on ``processes`` CPU processes (gloo).
+
+    ``accelerate launch --multi_gpu`` is how accelerate starts several processes on a machine
+    without GPUs (``--cpu --num_processes 2`` would start one, and so prove nothing);
+    ``torchrun`` is the other supported launcher."""
+    if processes == 1:
+        return cli_command(*args)
+    if launcher == "torchrun":
+        start = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "-m"]
+    else:
+        start = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1"]
+        start += ["--num_processes", str(processes), "--mixed_precision", "no"]
+        start += ["--dynamo_backend", "no", "-m"]
+    return [sys.executable, *start, "mgpo_cli", *map(str, args)]
+
+
 def launch_cli(
     processes: int,
     *args: str | os.PathLike,
@@ -171,16 +190,9 @@ def launch_cli(
     timeout: float = 600,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``mgpo ARGS`` as ``processes`` processes under ``accelerate launch``.
-
-    ``--multi_gpu`` is how accelerate starts several processes on a machine without GPUs (they
-    run over gloo); ``--cpu --num_processes 2`` would start one process (accelerate 1.15's simple
-    launcher), and so would prove nothing."""
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
-    launcher += ["--num_processes", str(processes), "--num_machines", "1"]
-    launcher += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mgpo_cli"]
+    """Run ``mgpo ARGS`` as ``processes`` processes under ``accelerate launch``."""
     return subprocess.run(
-        [*launcher, *map(str, args)],
+        launch_command(processes, args),
         cwd=cwd,
         env=cli_env(**(env or {})),
         capture_output=True,

@@ -33,8 +33,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from stages.console import console
 from stages.errors import MgpoError
 from stages.eval.plan import (
@@ -53,6 +51,7 @@ from stages.shards import (
     ShardWriter,
     is_complete,
     open_shards,
+    read_part,
     staging_dir,
     write_json_atomic,
 )
@@ -171,7 +170,7 @@ def write_predictions(
             pair.predictions, "eval", producer=producer, schema=PREDICTIONS, processes=procs
         ) as writer:
             for index in filter(procs.owns, range(len(parts))):
-                rollouts, rows = _aligned(pq.read_table(parts[index]).to_pylist(), prompts)
+                rollouts, rows = _aligned(read_part(parts[index]).to_pylist(), prompts)
                 scored = score_rows_timed(
                     pair.bench,
                     rows,
@@ -237,8 +236,12 @@ def evaluate_pair(
     still missing, before the prompts are made, so a model that cannot load fails fast.
     ``procs``: the job's processes; the main one writes the prompts and the summary.
     """
-    if options.overwrite:
-        procs.main_only(lambda: shutil.rmtree(pair.folder, ignore_errors=True))
+    if options.overwrite and pair.folder.exists():
+        summary = replace_pair(
+            pair, lambda p: evaluate_pair(p, engine, judge, options, done, procs), procs
+        )
+        done[pair.prompt_key()] = pair.prompts
+        return summary
     created = _new_folders(pair.folder)
     try:
         live = engine() if not is_complete(pair.rollouts) else None
@@ -260,6 +263,39 @@ def evaluate_pair(
         if not is_complete(pair.rollouts) and procs.is_main:
             _remove(created)
         raise
+
+
+def replace_pair(
+    pair: Pair, evaluate: Callable[[Pair], dict[str, Any]], procs: Processes = SINGLE
+) -> dict[str, Any]:
+    """``--overwrite``: evaluate into a hidden sibling folder and swap it in only when the new
+    results are complete, as shard sets are replaced; a failure keeps the old results. (The main
+    process moves folders; every process evaluates.)"""
+    staged = dataclasses.replace(
+        pair, folder=pair.folder.with_name(f".{pair.folder.name}.overwrite")
+    )
+
+    def start() -> None:
+        if staged.saved_settings() != pair.settings:  # a killed --overwrite run resumes
+            shutil.rmtree(staged.folder, ignore_errors=True)
+
+    procs.main_only(start)
+    try:
+        summary = evaluate(staged)
+    except MgpoError:
+        if procs.is_main:
+            shutil.rmtree(staged.folder, ignore_errors=True)
+        raise
+
+    def swap() -> None:
+        trash = pair.folder.with_name(f".{pair.folder.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(pair.folder, trash)
+        os.replace(staged.folder, pair.folder)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    procs.main_only(swap)
+    return summary
 
 
 class LazyEngine:

@@ -15,6 +15,13 @@ allowed tokens, so the reported policy log-prob of a sampled token is a little l
 log-prob under the sampling distribution. ``logprobs="sampled"`` reports the latter instead
 (what vLLM calls processed log-probs); the default ``"policy"`` is what importance ratios need.
 
+Processes: every process of a job runs its own engine. With a whole model each (DDP, one
+process) they generate independently; with a sharded one (FSDP) every forward gathers each
+layer's weights from all processes, so they must generate in lockstep: a ``Lockstep`` (the
+trainer's, :mod:`stages.train.generation`) runs ``generate`` the sharding's way, with
+transformers' ``synced_gpus`` (a process that has finished keeps taking part in forwards until
+all have), and a process with fewer micro-batches than another runs idle ones.
+
 Seeds: each row of a micro-batch (a prompt's sample ``k``) draws its tokens from a generator of
 its own, seeded from the call's seed, the prompt's id and ``k`` (``engine_api.prompt_seed``):
 one uniform number per step picks the token by inverse CDF of the shaped distribution, and
@@ -27,8 +34,8 @@ caller's global RNG is never touched.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -68,6 +75,25 @@ def draw(shaped: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.T
     uniform = torch.stack([torch.rand((), dtype=torch.float64, generator=g) for g in generators])
     target = (uniform.to(cdf.device) * cdf[:, -1]).unsqueeze(1)  # < the total mass
     return torch.searchsorted(cdf, target, right=True).clamp(max=shaped.shape[-1] - 1)
+
+
+class Lockstep(Protocol):
+    """How the processes of a sharded model generate together (see the module docstring)."""
+
+    def most(self, count: int) -> int:
+        """The largest ``count`` over the processes (of micro-batches to generate)."""
+        ...
+
+    def generating(self) -> contextlib.AbstractContextManager:
+        """Around a whole ``generate`` call of the engine (every process enters it)."""
+        ...
+
+    def generate(self, **kwargs: Any) -> torch.Tensor:
+        """``model.generate(**kwargs)``, run the sharding's way (``synced_gpus`` is set)."""
+        ...
+
+
+IDLE_ROW = {"id": "idle", "prompt": "", "images": []}  # what a process without rows generates
 
 
 class _Sampler:
@@ -155,7 +181,11 @@ class HFEngine:
         *,
         micro_batch_size: int = 8,
         logprobs: str = "policy",
+        precision: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        lockstep: Lockstep | None = None,
     ):
+        """``precision``: the context the model computes in (the trainer's autocast);
+        ``lockstep``: for a sharded model (see the module docstring)."""
         check_logprob_mode(logprobs)
         if micro_batch_size < 1:
             raise MgpoError(f"micro_batch_size must be at least 1 (got {micro_batch_size})")
@@ -163,6 +193,8 @@ class HFEngine:
         self.io = io
         self.micro_batch_size = micro_batch_size
         self.logprobs_mode = logprobs
+        self.precision = precision
+        self.lockstep = lockstep
         self._banned = torch.tensor(io.banned_token_ids, dtype=torch.long)
 
     @classmethod
@@ -191,10 +223,21 @@ class HFEngine:
         check_sampling(n, temperature, top_p, max_new_tokens)
         seeds = [prompt_seed(seed, row, i) for i, row in enumerate(prompt_rows)]
         pairs = [(p, k) for p in range(len(prompt_rows)) for k in range(n)]
+        size = self.micro_batch_size
+        chunks = [pairs[start : start + size] for start in range(0, len(pairs), size)]
+        together = self.lockstep
+        count = together.most(len(chunks)) if together is not None else len(chunks)
         out: list[list[Sample]] = [[] for _ in prompt_rows]
-        with _generation_mode(self.model):
-            for start in range(0, len(pairs), self.micro_batch_size):
-                chunk = pairs[start : start + self.micro_batch_size]
+        with (
+            _generation_mode(self.model),
+            self.precision(),
+            together.generating() if together is not None else contextlib.nullcontext(),
+        ):
+            for index in range(count):
+                if index >= len(chunks):  # idle: the others still generate (lockstep only)
+                    self._generate_batch([IDLE_ROW], temperature, top_p, 1, [torch.Generator()])
+                    continue
+                chunk = chunks[index]
                 rows = [prompt_rows[p] for p, _ in chunk]
                 generators = [sample_generator(seeds[p], k) for p, k in chunk]
                 samples = self._generate_batch(rows, temperature, top_p, max_new_tokens, generators)
@@ -221,11 +264,14 @@ class HFEngine:
             eos_token_id=self.io.stop_token_ids,
             pad_token_id=self.io.pad_token_id,
         )
-        sequences = self.model.generate(
-            **batch.inputs,
-            generation_config=config,
-            logits_processor=LogitsProcessorList([sampler]),
-        )
+        arguments = {
+            "generation_config": config,
+            "logits_processor": LogitsProcessorList([sampler]),
+        }
+        if self.lockstep is None:
+            sequences = self.model.generate(**batch.inputs, **arguments)
+        else:
+            sequences = self.lockstep.generate(**batch.inputs, **arguments, synced_gpus=True)
         generated = sequences[:, batch.inputs["input_ids"].shape[1] :].cpu()
         logprobs = sampler.finish(sequences[:, -1]).cpu()
         return [

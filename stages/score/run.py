@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from stages.config import PositiveFloat, PositiveInt, UnitFloat, check_values
 from stages.console import console, progress
 from stages.errors import MgpoError
+from stages.outputs import check_writable
 from stages.processes import Processes
 from stages.processes import processes as job_processes
 from stages.schemas import SCORES, with_hf_features
 from stages.score.runner import ScorePool
-from stages.shards import ShardSet, ShardWriter, check_target, open_shards
+from stages.shards import ShardSet, ShardWriter, check_target, open_shards, read_part
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,14 @@ class ScoreOptions:
     rollouts: str
     prompts: str | None = None  # default: the prompt shards the rollouts were made from
     reward: str = "math"
-    workers: int = 1
-    timeout_s: float = 5.0
-    format_weight: float | None = None  # None: the reward's own default (0.1 for math)
+    workers: PositiveInt = 1
+    timeout_s: PositiveFloat = 5.0
+    format_weight: UnitFloat | None = None  # None: the reward's own default (0.1 for math)
     out: str | None = None
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_values(self, flags={"timeout_s": "--timeout"})
 
     def out_dir(self) -> Path:
         if self.out:
@@ -47,6 +51,7 @@ class ScoreSummary:
     items: int
     reward_mean: float
     timed_out: int
+    non_finite: int = 0  # items whose reward was NaN or infinite (scored 0)
 
 
 def prompts_of(rollouts_dir: str, given: str | None) -> str:
@@ -84,7 +89,7 @@ def _gold(options: ScoreOptions, prompts_dir: str, rollouts: ShardSet) -> dict[s
 
 def _items(part: Path, gold: dict[str, dict]) -> Iterator[dict[str, Any]]:
     """The scoring items of one rollout part, in its row order."""
-    for row in pq.read_table(part, columns=["prompt_id", "sample", "response"]).to_pylist():
+    for row in read_part(part, ["prompt_id", "sample", "response"]).to_pylist():
         prompt = gold[row["prompt_id"]]
         yield {
             **row,
@@ -123,10 +128,6 @@ def run_score(
     trainer, every step). ``processes``: the job's processes (default: those the launcher
     describes); each scores the parts it owns (``j % K``), the main process seals the set.
     """
-    if options.workers <= 0:
-        raise MgpoError(f"--workers must be positive, got {options.workers}")
-    if options.format_weight is not None and not 0.0 <= options.format_weight <= 1.0:
-        raise MgpoError(f"format weight must be in [0, 1], got {options.format_weight}")
     if pool is not None and (pool.spec, pool.workers, pool.timeout_s, pool.options) != (
         options.reward,
         options.workers,
@@ -141,6 +142,7 @@ def run_score(
     if any(out.resolve() == Path(path).resolve() for path in (options.rollouts, prompts_dir)):
         raise MgpoError(f"--out {out}: is an input directory; choose another output directory")
     check_target(out, overwrite=options.overwrite)
+    check_writable(out, "--out", beside=True)
     procs = processes if processes is not None else job_processes()
     rollouts = open_shards(options.rollouts, "rollouts")
     gold = _gold(options, prompts_dir, rollouts)
@@ -150,7 +152,7 @@ def run_score(
         Path(prompts_dir).resolve()
     )  # the answers these scores were read against
     producer = {"command": "mgpo score", "stage": "score", "config": config}
-    totals = [0, 0.0, 0]  # items, reward sum, timed out
+    totals = [0, 0.0, 0, 0]  # items, reward sum, timed out, non-finite
     with contextlib.ExitStack() as stack:
         if pool is None:  # workers for all of this process's parts
             pool = stack.enter_context(score_pool(options))
@@ -160,7 +162,9 @@ def run_score(
             )
         )
         bar = stack.enter_context(progress())
-        share = sum(pq.ParquetFile(f).metadata.num_rows for _, f in parts)
+        share = sum(
+            part["rows"] for j, part in enumerate(rollouts.manifest["parts"]) if procs.owns(j)
+        )
         task = bar.add_task("score", total=share, visible=not quiet and procs.is_main)
         for index, part in parts:
             rows = []
@@ -173,15 +177,18 @@ def run_score(
                 totals[0] + len(rows),
                 totals[1] + sum(r["reward"] for r in rows),
                 totals[2] + sum(bool(r.get("timed_out")) for r in rows),
+                totals[3] + sum(bool(r.get("non_finite")) for r in rows),
             ]
-    items, reward, timed_out = (sum(column) for column in zip(*procs.gather(totals), strict=True))
+    items, reward, timed_out, non_finite = (
+        sum(column) for column in zip(*procs.gather(totals), strict=True)
+    )
     if timed_out and not quiet and procs.is_main:
         console.print(
             f"[yellow]{timed_out} item(s) hit the {options.timeout_s:g}s limit and scored 0[/]"
         )
-    return ScoreSummary(
-        path=out, items=int(items), reward_mean=reward / max(items, 1), timed_out=int(timed_out)
-    )
+    if non_finite and not quiet and procs.is_main:
+        console.print(f"[yellow]{non_finite} item(s) got a NaN or infinite reward and scored 0[/]")
+    return ScoreSummary(out, int(items), reward / max(items, 1), int(timed_out), int(non_finite))
 
 
 def _schema_for(rows: list[dict[str, Any]]) -> pa.Schema:

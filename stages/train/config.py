@@ -2,19 +2,32 @@
 
 Every field is a recipe key (``section.field``) and can be overridden on the command line with
 ``--set section.field=value``; the common ones also have their own flags (``--algo``, ``--alpha``...).
+A number's range is declared once, in its type (``PositiveInt``, ``UnitFloat``...: see
+:mod:`stages.config`), and every float must be finite; ``check`` refuses the rest.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stages.config import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenUnitFloat,
+    PositiveFloat,
+    PositiveInt,
+    UnitFloat,
+    check_values,
+)
 from stages.errors import MgpoError
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "Qwen/Qwen2.5-VL-3B-Instruct"  # hub id, local directory, or "tiny"
-    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # The compute dtype (forward/backward): auto = bf16 on GPU, float32 on CPU. Master weights
+    # and optimizer state are float32 whatever this says.
+    dtype: str = "auto"  # auto | float32 | bf16
     trust_remote_code: bool = False
     freeze_vision: bool = False
     gradient_checkpointing: bool = False
@@ -24,74 +37,80 @@ class ModelConfig:
 class DataConfig:
     train: str = "data/geometry3k/train"  # prompt shards
     val: str | None = None  # held-out prompt shards for validation (greedy)
-    val_limit: int | None = None  # validate on the first K held-out prompts only
+    val_limit: PositiveInt | None = None  # validate on the first K held-out prompts only
     shuffle: bool = True
+    # Prompts longer than rollout.max_prompt_tokens (image tokens included): dropped, with their
+    # ids in RUN/overlong_prompts.json (true), or the run stops naming the first one (false).
+    filter_overlong: bool = True
 
 
 @dataclass(frozen=True)
 class RolloutConfig:
     backend: str = "hf"  # hf | vllm
-    batch_prompts: int = 512  # prompts per training step (the rollout batch)
-    n: int = 5  # samples per prompt
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 2048
-    max_prompt_tokens: int = 2048
-    micro_batch: int = 64  # sequences (prompt x sample) per generate call (hf)
+    batch_prompts: PositiveInt = 512  # prompts per training step (the rollout batch)
+    n: PositiveInt = 5  # samples per prompt
+    temperature: NonNegativeFloat = 1.0
+    top_p: OpenUnitFloat = 1.0
+    max_new_tokens: PositiveInt = 2048
+    max_prompt_tokens: PositiveInt = 2048  # longer prompts: see data.filter_overlong
+    micro_batch: PositiveInt = 64  # sequences (prompt x sample) per generate call (hf)
     # vLLM's share of each GPU during the rollout (it sleeps during the update); auto: what the
     # memory plan's held items leave (mgpo train --plan)
-    gpu_memory_utilization: float | str = "auto"
-    tensor_parallel_size: int = 1
-    max_resample_rounds: int = (
-        3  # DAPO dynamic sampling / GPG threshold: extra rollout rounds at most
-    )
+    gpu_memory_utilization: OpenUnitFloat | str = "auto"
+    tensor_parallel_size: PositiveInt = 1  # vllm: processes (GPUs) per engine
+    # DAPO dynamic sampling / GPG threshold: extra rollout rounds at most
+    max_resample_rounds: NonNegativeInt = 3
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
     reward: str = "math"  # math | short_answer | path/to/file.py:function
-    workers: int = 1
-    timeout_s: float = 5.0
-    format_weight: float | None = None  # None: the reward's default (math: 0.1)
+    workers: PositiveInt = 1
+    timeout_s: PositiveFloat = 5.0
+    format_weight: UnitFloat | None = None  # None: the reward's default (math: 0.1)
 
 
 @dataclass(frozen=True)
 class AlgoConfig:
     name: str = "mgpo"  # grpo | gspo | mgpo | dapo | dr_grpo | gpg
     alpha: float | str = 0.5  # MGPO blend on selected tokens, or "dyn"
-    beta: float = 0.5  # MGPO: fraction of most uncertain tokens blended
-    eps_low: float | None = None  # None: the algorithm's own default
-    eps_high: float | None = None
-    kl_coef: float = 0.0  # k3 KL to the initial policy (0: off, as in the paper)
+    beta: UnitFloat = 0.5  # MGPO: fraction of most uncertain tokens blended
+    eps_low: NonNegativeFloat | None = None  # None: the algorithm's own default
+    eps_high: NonNegativeFloat | None = None
+    kl_coef: NonNegativeFloat = 0.0  # k3 KL to the initial policy (0: off, as in the paper)
     std_normalise: bool = True  # divide advantages by the group std (GRPO-style)
     dynamic_sampling: bool | None = None  # None: on for dapo only
-    gpg_threshold: float = 0.0  # GPG: carry valid samples over while below this fraction
+    gpg_threshold: UnitFloat = 0.0  # GPG: carry valid samples over while below this fraction
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-6
-    weight_decay: float = 0.01
+    lr: PositiveFloat = 1e-6
+    weight_decay: NonNegativeFloat = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: str = "constant"  # constant | linear | cosine
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    epochs: int = 1  # passes over each rollout batch
-    mini_batches: int = 1  # optimizer steps per epoch
-    micro_batch: int = 8  # sequences per forward/backward (gradient accumulation)
+    warmup_steps: NonNegativeInt = 0
+    grad_clip: PositiveFloat = 1.0
+    epochs: PositiveInt = 1  # passes over each rollout batch
+    mini_batches: PositiveInt = 1  # optimizer steps per epoch
+    micro_batch: PositiveInt = 8  # sequences per forward/backward (gradient accumulation)
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    steps: int = 100
+    steps: PositiveInt = 100
     seed: int = 0
-    val_every: int = 10  # 0: never
-    save_every: int = 10  # 0: only at the end
-    keep_last: int = 2
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
+    val_every: NonNegativeInt = 10  # 0: never
+    save_every: NonNegativeInt = 10  # 0: only at the end
+    keep_last: NonNegativeInt = 2  # 0: keep every checkpoint
     strategy: str = "ddp"  # ddp (every process holds the whole model) | fsdp (FSDP2 sharding)
+    # How long a process waits in a collective before giving up: the other processes wait while
+    # the main one rolls out, scores and validates, so this must outlast a rollout phase.
+    collective_timeout_s: PositiveFloat = 7200.0
     device: str = "auto"  # auto | cpu | cuda
-    cpu_threads: int = 0  # torch CPU threads (0: torch's default); 1 is fastest for tiny models
+    cpu_threads: NonNegativeInt = (
+        0  # torch CPU threads (0: torch's default); 1 is fastest for tiny models
+    )
     wandb: bool = False
     require_gpu: bool = False  # refuse to start on a machine without a GPU
 
@@ -123,11 +142,13 @@ class TrainConfig:
         check(self)
 
 
+COMPUTE_DTYPES = ("auto", "float32", "fp32", "bf16", "bfloat16")
 ALGORITHM_NAMES = ("grpo", "gspo", "mgpo", "dapo", "dr_grpo", "gpg")
 
 
 def check(config: TrainConfig) -> None:
     """Reject settings that cannot be right, with one line naming the key."""
+    check_values(config)  # every number finite and inside its declared range
     algo = config.algo
     if algo.name not in ALGORITHM_NAMES:
         raise MgpoError(f"algo.name '{algo.name}': expected one of {', '.join(ALGORITHM_NAMES)}")
@@ -135,33 +156,12 @@ def check(config: TrainConfig) -> None:
         raise MgpoError(f"algo.alpha '{algo.alpha}': expected a number in [0, 1] or 'dyn'")
     if not isinstance(algo.alpha, str) and not 0.0 <= algo.alpha <= 1.0:
         raise MgpoError(f"algo.alpha {algo.alpha}: expected a number in [0, 1] or 'dyn'")
-    if not 0.0 <= algo.beta <= 1.0:
-        raise MgpoError(f"algo.beta {algo.beta}: expected a number in [0, 1]")
-    positive = {
-        "rollout.batch_prompts": config.rollout.batch_prompts,
-        "rollout.n": config.rollout.n,
-        "rollout.max_new_tokens": config.rollout.max_new_tokens,
-        "rollout.micro_batch": config.rollout.micro_batch,
-        "optim.epochs": config.optim.epochs,
-        "optim.mini_batches": config.optim.mini_batches,
-        "optim.micro_batch": config.optim.micro_batch,
-        "trainer.steps": config.trainer.steps,
-        "score.workers": config.score.workers,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise MgpoError(f"{key} must be positive, got {value}")
-    if config.optim.lr <= 0:
-        raise MgpoError(f"optim.lr must be positive, got {config.optim.lr}")
-    if config.rollout.temperature < 0:
-        raise MgpoError(f"rollout.temperature must be >= 0, got {config.rollout.temperature}")
-    share = config.rollout.gpu_memory_utilization
-    if share != "auto" and (isinstance(share, str) or not 0 < share <= 1):
-        raise MgpoError(f"rollout.gpu_memory_utilization {share!r}: expected auto or (0, 1]")
-    if config.rollout.tensor_parallel_size < 1:
+    if config.rollout.gpu_memory_utilization not in ("auto",) and isinstance(
+        config.rollout.gpu_memory_utilization, str
+    ):
         raise MgpoError(
-            "rollout.tensor_parallel_size must be at least 1,"
-            f" got {config.rollout.tensor_parallel_size}"
+            f"rollout.gpu_memory_utilization '{config.rollout.gpu_memory_utilization}':"
+            " expected auto or a number in (0, 1]"
         )
     if config.rollout.backend not in ("hf", "vllm"):
         raise MgpoError(f"rollout.backend '{config.rollout.backend}': expected hf or vllm")
@@ -172,9 +172,18 @@ def check(config: TrainConfig) -> None:
     if config.trainer.strategy not in ("ddp", "fsdp"):
         raise MgpoError(f"trainer.strategy '{config.trainer.strategy}': expected ddp or fsdp")
     _check_plan(config.plan)
-    if config.trainer.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+    if config.trainer.collective_timeout_s <= 0:
         raise MgpoError(
-            f"trainer.mixed_precision '{config.trainer.mixed_precision}': expected auto, no, bf16 or fp16"
+            f"trainer.collective_timeout_s must be positive, got {config.trainer.collective_timeout_s}"
+        )
+    if config.model.dtype not in COMPUTE_DTYPES:
+        hint = (
+            " (fp16 training would need loss scaling; use bf16)"
+            if config.model.dtype in ("fp16", "float16")
+            else ""
+        )
+        raise MgpoError(
+            f"model.dtype '{config.model.dtype}': expected one of {', '.join(COMPUTE_DTYPES)}{hint}"
         )
 
 

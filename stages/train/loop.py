@@ -9,14 +9,16 @@ Each step:
   5. hand the new weights to the live rollout engine, log metrics, validate, checkpoint.
 
 The policy side (model, optimizer, checkpoints) is :class:`~stages.train.policy.Policy`; this
-module orchestrates the stages around it. Under ``accelerate launch`` every process is a full
-worker: it rolls out and scores its own slice of the step's prompts (and of the validation
-prompts) with its own engine, writing its parts of the step's shard sets (the main process seals
-them), then every process reads the whole step and trains on its own slice of every micro-batch.
+module orchestrates the stages around it. Under ``accelerate launch`` or ``torchrun`` every
+process is a full worker: it rolls out and scores its own slice of the step's prompts (and of the
+validation prompts) with its own engine, writing its parts of the step's shard sets (the main
+process seals them); then every process reads the whole step and trains on its own slice of every
+micro-batch.
 
-The rollout engine: the hf engine generates with the trained module itself; a vllm engine lives
-in each training process on its device (``colocate``), starts with the trainer's weights, sleeps
-during the update and is handed the new weights in memory after it (and after a resume).
+The rollout engine: the hf engine generates with the trained module itself (under FSDP all
+processes generate in lockstep, :mod:`stages.train.generation`); a vllm engine lives in each
+training process on its device, is handed the trainer's weights at start, sleeps during the
+update and is handed the new weights in memory after it (and after a resume).
 """
 
 from __future__ import annotations
@@ -32,15 +34,16 @@ import torch
 from stages.config import to_dict
 from stages.console import console
 from stages.errors import MgpoError
-from stages.processes import processes
-from stages.rollout import HFEngine, RolloutOptions, make_engine, run_rollout
+from stages.rollout import RolloutOptions, make_engine, run_rollout
 from stages.score import ScoreOptions, ScorePool, run_score, score_pool
 from stages.shards import is_complete, open_shards, prompt_row
+from stages.train import dist
 from stages.train.config import TrainConfig
 from stages.train.data_order import Position, take
 from stages.train.live import LiveView
 from stages.train.memory_plan import check_fits, engine_share
 from stages.train.metrics_log import MetricsLog, step_metrics
+from stages.train.overlong import fitting_ids, write_report
 from stages.train.policy import Policy
 from stages.train.run_dir import check_run_dir, write_run_dir
 from stages.train.samples import Group, StepBatch, read_groups
@@ -55,35 +58,39 @@ class Trainer:
         self.config = config
         self.run_dir = run_dir
         self.policy = Policy(config)
-        self.processes = processes()  # the policy's process group is up by now
         rollout = config.rollout
-        if rollout.backend == "hf":  # share the trained module: updates are visible at once
-            self.engine = HFEngine(
-                self.policy.module, self.policy.io, micro_batch_size=rollout.micro_batch
-            )
-        else:
+        if rollout.backend == "hf":  # the trained module itself (see Policy.hf_engine)
+            self.engine = self.policy.hf_engine(rollout.micro_batch)
+        else:  # one engine per process, in this process
             options = dataclasses.replace(
                 self._rollout_options("", "", 0, 0),
                 colocate=True,
                 gpu_memory_utilization=engine_share(config),
             )
             self.engine = make_engine(rollout.backend, options)
-            self.sync_engine()  # the trainer's weights, as after every update
-        self.prompt_ids = [
-            r["id"] for r in open_shards(config.data.train, "prompts").iter_rows(columns=["id"])
-        ]
+            self.policy.sync_rollout(self.engine)  # the trainer's weights, as after every update
+        # Prompts too long for rollout.max_prompt_tokens are dropped (or stop the run) now.
+        limit, drop = rollout.max_prompt_tokens, config.data.filter_overlong
+        self.prompt_ids, dropped = fitting_ids(self.policy.io, config.data.train, limit, drop)
         if not self.prompt_ids:
             raise MgpoError(f"{config.data.train}: no prompts to train on")
+        self.val_ids, val_dropped = (
+            fitting_ids(self.policy.io, config.data.val, limit, drop)
+            if config.data.val
+            else ([], [])
+        )
+        self.overlong = {"train": dropped, "val": val_dropped}
         self.position = Position()
         self.step = 0
-        self.scorer: ScorePool | None = None  # scoring workers, started on first use
+        # Scoring workers start on first use; making the pool now checks the reward spec.
+        self.scorer: ScorePool | None = score_pool(self._score_options("", "", ""))
 
     @property
     def is_main(self) -> bool:
-        return self.policy.accelerator.is_main_process
+        return self.policy.dist.is_main
 
     def wait_for_everyone(self) -> None:
-        self.policy.accelerator.wait_for_everyone()
+        self.policy.dist.barrier()
 
     # -- stages, called exactly as the CLI calls them -----------------------------------------
 
@@ -136,7 +143,7 @@ class Trainer:
         """Rollout + score shards for one round (reused if a killed run already finished them)."""
         rollouts, scores = step_dir / f"{name}rollouts", step_dir / f"{name}scores"
         started = time.perf_counter()
-        procs = self.processes
+        procs = self.policy.dist  # the job's processes: each takes its slice
         if not is_complete(rollouts):  # every process: its slice, its parts of the one set
             options = self._rollout_options(prompts, str(rollouts), seed, self.step, ids, greedy)
             total = len(ids) if ids else open_shards(prompts, "prompts").num_rows
@@ -218,8 +225,11 @@ class Trainer:
         config = self.config
         if not config.data.val:
             return {}
+        ids, limit = None, config.data.val_limit
+        if self.overlong["val"]:  # the first val_limit prompts that fit
+            ids, limit = self.val_ids[: config.data.val_limit], None
         _, scores, _ = self.rollout_and_score(
-            step_dir, "val-", config.data.val, None, 0, greedy=True, limit=config.data.val_limit
+            step_dir, "val-", config.data.val, ids, 0, greedy=True, limit=limit
         )
         rows = list(open_shards(scores, "scores").iter_rows())
         metrics = {"val_reward": sum(r["reward"] for r in rows) / max(len(rows), 1)}
@@ -238,16 +248,8 @@ class Trainer:
             return False
         self.step = int(state["step"])
         self.position = Position(**state["position"])
-        self.sync_engine()  # the engine samples from the checkpoint's weights, not the start's
+        self.policy.sync_rollout(self.engine)  # samples from the checkpoint's weights from now
         return True
-
-    # -- the engine's weights ---------------------------------------------------------------------
-
-    def sync_engine(self) -> None:
-        """Hand the policy's current weights to an engine that does not share the trained module
-        (vllm): streamed one tensor at a time, in memory; the engine wakes if it slept."""
-        if not isinstance(self.engine, HFEngine):
-            self.engine.update_weights(self.policy.module.named_parameters())
 
     def close(self) -> None:
         if self.scorer is not None:
@@ -266,52 +268,78 @@ def run_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     open_shards(config.data.train, "prompts")
     if config.data.val:
         open_shards(config.data.val, "prompts")
-    from accelerate import PartialState
-
     run_dir = check_run_dir(config, resume=resume, overwrite=overwrite)
-    state = PartialState(cpu=not (torch.cuda.is_available() and config.trainer.device != "cpu"))
-    state.wait_for_everyone()
-    if state.is_main_process:
-        write_run_dir(config, overwrite=overwrite and not resume)
-    state.wait_for_everyone()
-    trainer = Trainer(config, run_dir)
-    with contextlib.closing(trainer):  # stops the scoring workers, also on errors
-        log = MetricsLog(
-            run_dir, enabled=trainer.is_main, wandb=config.trainer.wandb, config=to_dict(config)
-        )
-        if resume and trainer.restore():
+    fresh = not (resume and (run_dir / "config.json").is_file())
+    processes = dist.setup(config.trainer.device, config.trainer.collective_timeout_s)
+    # shutdown: leaves the process group, also on errors
+    with contextlib.ExitStack() as leave:
+        leave.callback(dist.shutdown)
+        # Everything that can be refused (model, data, reward) is, before the run folder is touched.
+        trainer = Trainer(config, run_dir)
+        processes.barrier()
+        if processes.is_main:
+            write_run_dir(config, overwrite=overwrite and not resume)
+            if any(trainer.overlong.values()):
+                write_report(run_dir, config.rollout.max_prompt_tokens, trainer.overlong)
+                counts = ", ".join(f"{len(v)} {k}" for k, v in trainer.overlong.items() if v)
+                console.print(
+                    f"[yellow]dropped prompts longer than rollout.max_prompt_tokens"
+                    f" ({config.rollout.max_prompt_tokens} tokens): {counts}; ids in"
+                    f" {run_dir / 'overlong_prompts.json'}[/]"
+                )
+        processes.barrier()
+        with contextlib.closing(trainer):  # stops the scoring workers, also on errors
+            try:
+                return _train(trainer, config, run_dir, resume)
+            except MgpoError:
+                # Bad input met in the first step of a new run: leave no run folder that a
+                # rerun would have to be told to --overwrite.
+                if fresh and trainer.step == 0 and trainer.is_main:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+
+
+def _train(trainer: Trainer, config: TrainConfig, run_dir: Path, resume: bool) -> Path:
+    """The step loop of ``run_train``, from a fresh start or the last checkpoint."""
+    log = MetricsLog(
+        run_dir, enabled=trainer.is_main, wandb=config.trainer.wandb, config=to_dict(config)
+    )
+    if resume:
+        restored = trainer.restore()
+        if restored:
             console.print(f"resuming {run_dir} after step {trainer.step}")
-            log.truncate_after(trainer.step)
-            if trainer.is_main:
-                for stale in (run_dir / "steps").glob("step-*"):
-                    if int(stale.name.split("-")[1]) > trainer.step:
-                        shutil.rmtree(stale, ignore_errors=True)
-        trainer.wait_for_everyone()
-        if trainer.step == 0 and config.trainer.val_every and config.data.val:
-            log.write(0, {"step": 0, **trainer.validate(run_dir / "steps" / "step-000000")})
-        with LiveView(config.trainer.steps, start=trainer.step, enabled=trainer.is_main) as live:
-            while trainer.step < config.trainer.steps:
-                started = time.perf_counter()
-                step_dir = run_dir / "steps" / f"step-{trainer.step + 1:06d}"
-                batch, metrics = trainer.collect(step_dir)
-                trainer.engine.sleep()  # vllm: weights and KV cache freed for the update
-                metrics.update(trainer.update(batch))
-                trainer.step += 1
-                synced = time.perf_counter()
-                trainer.sync_engine()
-                metrics["weight_sync_s"] = time.perf_counter() - synced
-                if config.trainer.val_every and trainer.step % config.trainer.val_every == 0:
-                    metrics.update(trainer.validate(step_dir))
-                metrics["step_time_s"] = time.perf_counter() - started
-                metrics["step"] = trainer.step
-                log.write(trainer.step, metrics)
-                live.update(trainer.step, metrics)
-                last = trainer.step == config.trainer.steps
-                if last or (
-                    config.trainer.save_every and trainer.step % config.trainer.save_every == 0
-                ):
-                    trainer.save()
-                trainer.wait_for_everyone()
-        trainer.policy.export(run_dir / "final")
-        log.close()
-        return run_dir
+        # Steps after the checkpoint (all of them without one) are redone: no duplicate rows.
+        log.truncate_after(trainer.step if restored else -1)
+        if trainer.is_main:
+            for stale in (run_dir / "steps").glob("step-*"):
+                if int(stale.name.split("-")[1]) > trainer.step:
+                    shutil.rmtree(stale, ignore_errors=True)
+    trainer.wait_for_everyone()
+    if trainer.step == 0 and config.trainer.val_every and config.data.val:
+        log.write(0, {"step": 0, **trainer.validate(run_dir / "steps" / "step-000000")})
+    with LiveView(config.trainer.steps, start=trainer.step, enabled=trainer.is_main) as live:
+        while trainer.step < config.trainer.steps:
+            started = time.perf_counter()
+            step_dir = run_dir / "steps" / f"step-{trainer.step + 1:06d}"
+            batch, metrics = trainer.collect(step_dir)
+            trainer.engine.sleep()  # vllm: its weights and KV cache freed for the update
+            metrics.update(trainer.update(batch))
+            trainer.step += 1
+            synced = time.perf_counter()
+            trainer.policy.sync_rollout(trainer.engine)  # and awake again
+            metrics["weight_sync_s"] = time.perf_counter() - synced
+            if config.trainer.val_every and trainer.step % config.trainer.val_every == 0:
+                metrics.update(trainer.validate(step_dir))
+            metrics["step_time_s"] = time.perf_counter() - started
+            metrics["step"] = trainer.step
+            log.write(trainer.step, metrics)
+            live.update(trainer.step, metrics)
+            last = trainer.step == config.trainer.steps
+            if last or (
+                config.trainer.save_every and trainer.step % config.trainer.save_every == 0
+            ):
+                trainer.save()
+            trainer.wait_for_everyone()
+    trainer.policy.export(run_dir / "final")
+    log.close()
+    return run_dir
