@@ -9,6 +9,7 @@ problem with ``data.json`` and ``img_diagram.png``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import json
 import os
@@ -181,6 +182,22 @@ def launch_command(
         start += ["--num_processes", str(processes), "--mixed_precision", "no"]
         start += ["--dynamo_backend", "no", "-m"]
     return [sys.executable, *start, "mgpo_cli", *map(str, args)]
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a launched job: the launcher and every worker. (torchrun's agent starts each
+    worker in a session of its own, so killing the launcher's process group leaves them
+    running to the end.)"""
+    import psutil
+
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for victim in [*children, psutil.Process(process.pid)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.kill()
+    process.wait()
 
 
 def launch_cli(
