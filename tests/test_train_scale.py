@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO, cli_env, launch_command, run_cli
+from helpers import REPO, cli_env, kill_tree, launch_command, run_cli
 from stages.shards import open_shards, write_shards
 
 VOWEL_REWARD = """
@@ -369,14 +367,12 @@ def test_fsdp_run_killed_mid_step_resumes_exactly_and_exports_a_model_folder(
         env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the launcher and both workers
     )
     deadline = time.time() + 300
     marker = killed / "steps" / "step-000002" / "rollouts" / "manifest.json"
     while time.time() < deadline and not marker.exists() and process.poll() is None:
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_tree(process)  # the launcher and both workers
     assert not (killed / "final").exists(), "the run finished before it could be killed"
     checkpoint = killed / "checkpoints" / "step-000001"
     names = sorted(p.name for p in checkpoint.iterdir())
