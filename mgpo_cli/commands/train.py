@@ -11,6 +11,21 @@ from stages.console import Console
 DEFAULT_RECIPE = "qwen2_5_vl_3b"
 
 
+def _list_algorithms() -> None:
+    """Every registered loss with its options (recipe keys ``algo.KEY``), paper and formula."""
+    from rich.table import Table
+
+    from stages.train import algorithm_catalog
+
+    table = Table(title="losses for mgpo train --algo (options: --set algo.KEY=VALUE)")
+    for column in ("name", "options (default)", "formula", "paper"):
+        table.add_column(column, overflow="fold")
+    for entry in algorithm_catalog():
+        options = ", ".join(f"{k}={v}" for k, v in entry["options"].items())
+        table.add_row(entry["name"], options, entry["formula"], entry["paper"])
+    Console().print(table)
+
+
 def _alpha(value: str | None) -> float | str | None:
     if value is None or value == "dyn":
         return value
@@ -28,7 +43,8 @@ def train(
         help="Built-in recipe name (tiny, qwen2_5_vl_3b, qwen2_5_vl_7b) or a YAML file.",
     ),
     algo: str = typer.Option(
-        None, help="Algorithm: grpo, gspo, mgpo, dapo, dr_grpo or gpg.  \\[recipe: algo.name]"
+        None,
+        help="Algorithm: grpo, gspo, mgpo, dapo, dr_grpo, gpg, sapo, cispo or gmpo (see --list-algos).  \\[recipe: algo.name]",
     ),
     alpha: str = typer.Option(
         None,
@@ -64,12 +80,20 @@ def train(
     show_config: bool = typer.Option(
         False, "--show-config", help="Print the resolved config and exit."
     ),
+    list_algos: bool = typer.Option(
+        False,
+        "--list-algos",
+        help="List every loss with its options, defaults, formula and paper, and exit.",
+    ),
 ) -> None:
-    """Train a policy with GRPO, GSPO, MGPO, DAPO, Dr.GRPO or GPG.
+    """Train a policy with GRPO, GSPO, MGPO, DAPO, Dr.GRPO, GPG, SAPO, CISPO or GMPO.
 
     Without --recipe this uses the paper's Qwen2.5-VL-3B setting on prepared Geometry3K shards
     (GPU); on a CPU use --recipe tiny with the built-in shapes task.
     """
+    if list_algos:
+        _list_algorithms()
+        return
     import json
 
     from stages.config import apply_overrides, build, load_recipe, parse_override, to_dict
