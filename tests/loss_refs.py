@@ -287,7 +287,7 @@ def side_tensors(seed, lp, ties=True):
     g = torch.Generator().manual_seed(seed + 1000)
     entropy = torch.rand(lp.shape, generator=g, dtype=F64) * 2
     if ties:
-        entropy[:, ::2] = entropy[:, :1]
+        entropy[:, ::2] = entropy[:, :1].clone()
     engine = lp + 0.4 * torch.randn(lp.shape, generator=g, dtype=F64)
     return entropy, engine
 

@@ -12,18 +12,15 @@ DEFAULT_RECIPE = "qwen2_5_vl_3b"
 
 
 def _list_algorithms() -> None:
-    """Every registered loss with its options (recipe keys ``algo.KEY``), paper and formula."""
-    from rich.table import Table
-
+    """Every registered loss: formula, paper, and its options (recipe keys ``algo.KEY``) with
+    their defaults; plain lines, so the listing reads the same in a pipe or a narrow terminal."""
     from stages.train import algorithm_catalog
 
-    table = Table(title="losses for mgpo train --algo (options: --set algo.KEY=VALUE)")
-    for column in ("name", "options (default)", "formula", "paper"):
-        table.add_column(column, overflow="fold")
+    typer.echo("losses for mgpo train --algo NAME; set an option with --set algo.KEY=VALUE")
     for entry in algorithm_catalog():
         options = ", ".join(f"{k}={v}" for k, v in entry["options"].items())
-        table.add_row(entry["name"], options, entry["formula"], entry["paper"])
-    Console().print(table)
+        typer.echo(f"\n{entry['name']}\n  loss:    {entry['formula']}")
+        typer.echo(f"  paper:   {entry['paper']}\n  options: {options}")
 
 
 def _alpha(value: str | None) -> float | str | None:
