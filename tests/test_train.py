@@ -257,10 +257,23 @@ def test_kill_during_a_step_then_resume_matches_uninterrupted(shapes_dir: Path) 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+# The high-entropy mask (threshold over the step, from the frozen pass every process shares),
+# the rollout correction and a token-mean loss: 2 processes must still equal 1.
+LOSS_OPTIONS = ["--algo", "dapo", "--set", "rollout.max_new_tokens=2"] + [
+    arg
+    for option in ("entropy_top=0.5", "rollout_correction=token_truncate", "scale_rewards=batch")
+    for arg in ("--set", f"algo.{option}")
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("mini_batches", [1, 2], ids=["on-policy", "two-minibatches"])
+@pytest.mark.parametrize(
+    ("mini_batches", "extra"),
+    [(1, []), (2, []), (1, LOSS_OPTIONS)],
+    ids=["on-policy", "two-minibatches", "entropy-mask"],
+)
 def test_two_processes_match_one_on_the_same_global_batch(
-    shapes_dir: Path, tiny_model_dir: Path, mini_batches: int
+    shapes_dir: Path, tiny_model_dir: Path, mini_batches: int, extra: list[str]
 ) -> None:
     """One optimizer step per rollout takes the old log-probs from the update's own forward;
     two take them from a separate frozen pass: both paths must be the same on 2 processes.
@@ -269,15 +282,16 @@ def test_two_processes_match_one_on_the_same_global_batch(
     run as MULTI_CPU over gloo); ``--cpu --num_processes 2`` would start one process (accelerate
     1.15's simple launcher), and so would prove nothing. The run asserts it had two."""
     args = [*small_args(shapes_dir), "--steps", "2", "--set", f"optim.mini_batches={mini_batches}"]
+    args += extra
     env = cli_env(OMP_NUM_THREADS="1")
-    single = shapes_dir / f"run-one-{mini_batches}"
+    single = shapes_dir / f"run-one-{mini_batches}-{len(extra)}"
     assert (
         run_cli(
             "train", *args, "--run-dir", single, cwd=shapes_dir, env={"OMP_NUM_THREADS": "1"}
         ).returncode
         == 0
     )
-    double = shapes_dir / f"run-two-{mini_batches}"
+    double = shapes_dir / f"run-two-{mini_batches}-{len(extra)}"
     launch = [
         sys.executable,
         "-m",
@@ -311,6 +325,8 @@ def test_two_processes_match_one_on_the_same_global_batch(
         assert a["tokens"] == b["tokens"]
         for key in ("pg_loss", "entropy", "ratio_mean", "ratio_max", "ratio_min"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+        for key in ("entropy_threshold", "tokens_valid", "rollout_weight_mean"):
+            assert (key in a) == bool(extra) and a.get(key) == pytest.approx(b.get(key)), key
         assert a["engine_logprob_mismatch"] == pytest.approx(b["engine_logprob_mismatch"], abs=1e-6)
     assert one[0]["grad_norm"] > 0
     assert [m["processes"] for m in one] == [1, 1]
