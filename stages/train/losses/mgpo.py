@@ -114,20 +114,20 @@ def mgpo_loss(
         u = entropy.detach().to(lp.dtype)
     else:
         u = lp.detach().neg()
-    a = blend_weights(u, mask, alpha, beta, selection=selection, padded_width=padded_width)
+    a = blend_weights(u, mf, alpha, beta, selection=selection, padded_width=padded_width)
     n_seqs = count_or_default(num_seqs, max(lp.shape[0], 1))
-    weight = mf / (lengths.clamp(min=1)[:, None] * n_seqs)  # per-response token mean, / N
+    row_weight = 1.0 / (lengths.clamp(min=1)[:, None] * n_seqs)  # per-response token mean, / N
     pg_loss, ratio, hit, dual = _objective(
-        lp, old, mf, lengths, a, adv, weight, eps_low, eps_high, clip_ratio_c
+        lp, old, mf, lengths, a, adv, row_weight, eps_low, eps_high, clip_ratio_c
     )
     kl_tok, use_kl = kl_term(lp, ref_logp, kl_coef, mf)
     loss = pg_loss + kl_coef * sequence_mean(mf, lengths, n_seqs)(kl_tok) if use_kl else pg_loss
     n_tok = lengths.sum()
     with torch.no_grad():
         m = common_metrics(loss, pg_loss, mf, n_tok, entropy, kl_tok)
-        m.update(clip_fractions(hit, adv, mf, n_tok, dual))
+        m.update(clip_fractions(hit, adv, n_tok, dual))
         m.update(ratio_stats(ratio, mf, n_tok))
-        m["blend_frac"] = (a > 0).sum() / n_tok.clamp(min=1)
+        m["blend_frac"] = a.count_nonzero() / n_tok.clamp(min=1)  # a >= 0
         m["alpha_mean"] = a.sum() / n_tok.clamp(min=1)
     return finish(loss, m)
 
@@ -139,12 +139,13 @@ def _objective(
     lengths: Tensor,
     a: Tensor,
     adv: Tensor,
-    weight: Tensor,
+    row_weight: Tensor,
     eps_low: float,
     eps_high: float,
     clip_ratio_c: float | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """``-sum_t weight_t min(m_t A, mclip_t A)`` (dual-clipped if asked) with its exact gradient.
+    """``-sum_t weight_t min(m_t A, mclip_t A)`` (dual-clipped if asked) with its exact gradient;
+    ``weight_t`` is ``row_weight`` (``[N, 1]``) on valid tokens, 0 on padding.
 
     On each token one piece of the min is active, and it is linear in ``(w_t, s_i)``:
     unclipped ``A (a w + (1-a) s)``; clipped ``A (a clip(w) + (1-a) clip(s))``, whose slope in
@@ -154,7 +155,8 @@ def _objective(
     ``dw_t/dlp_t = w_t``, ``ds_i/dlp_t = s_i / |o_i|`` on valid tokens (0 where the log-ratio
     cap clamps), the gradient of the objective is
     ``g_t = G_w,t w_t + (s_i / |o_i|) sum_t' G_s,t'``. It is computed here without autograd, in
-    place (on a CPU, fresh ``[N, L]`` buffers cost as much as the arithmetic), and the loss is
+    place (on a CPU, fresh ``[N, L]`` buffers cost as much as the arithmetic, and a comparison's
+    bool outputs several times more: masks here are 0/1 floats), and the loss is
     ``-(value + g . lp - (g . lp).detach())``: the exact value, and exactly ``-g`` as gradient,
     checked against autograd through the plain formula in the tests. Returns the loss and, for
     the metrics, ``m`` (detached), where the clipped piece was active, and where the dual-clip
@@ -162,7 +164,9 @@ def _objective(
     """
     with torch.no_grad():
         raw = lp.detach() - old
-        inside = raw.abs() <= LOG_RATIO_CAP if bool(raw.abs().amax() > LOG_RATIO_CAP) else None
+        inside = None  # where the log-ratio cap does not clamp (the gradient passes)
+        if raw.amax() > LOG_RATIO_CAP or raw.amin() < -LOG_RATIO_CAP:
+            inside = raw.abs() <= LOG_RATIO_CAP
         log_ratio = raw.clamp_(-LOG_RATIO_CAP, LOG_RATIO_CAP).mul_(mf)
         per_token = 1.0 / lengths.clamp(min=1)[:, None]
         s = (log_ratio.sum(1, keepdim=True) * per_token).exp()  # [N, 1]
@@ -170,28 +174,27 @@ def _objective(
         cs = clip(s, eps_low, eps_high)
         ratio = (w - s).mul_(a).add_(s)  # m_t
         mclip = clip(w, eps_low, eps_high)
-        in_w = mclip == w
+        out_w = (mclip - w).abs_().sign_()  # 1.0 where clip(w) != w (masks as floats: see below)
         mclip.sub_(cs).mul_(a).add_(cs)
-        gap = (ratio - mclip).mul_(adv)  # m A - mclip A: the clipped piece is active where > 0
-        hit = gap > 0
-        aw = adv * weight
-        value = torch.vdot(aw.reshape(-1), ratio.reshape(-1)) - torch.vdot(
-            weight.reshape(-1), gap.clamp_(min=0).reshape(-1)
+        gap = (ratio - mclip).mul_(adv).mul_(mf).clamp_(min=0)  # m A - min(m A, mclip A)
+        hit = gap.sign()  # 1.0 where the clipped piece is active
+        aw = mf * (adv * row_weight)  # weight_t A
+        value = (
+            torch.vdot(aw.reshape(-1), ratio.reshape(-1)) - (gap.sum(1) * row_weight[:, 0]).sum()
         )
-        unclipped_or_w = ~hit | in_w
-        unclipped_or_s = ~hit | (cs == s)
+        keep_w = out_w.mul_(hit).neg_().add_(1.0)  # 0 where the clipped piece is flat in w
+        keep_s = (hit * (cs != s).to(hit.dtype)).neg_().add_(1.0)  # ... and in s
         dual = None
         if clip_ratio_c is not None:
-            objective = (adv * ratio).sub_(gap)  # min(m A, mclip A); gap is clamped at 0 here
-            dual = (adv < 0) & (objective < clip_ratio_c * adv)
-            value = value + torch.vdot(
-                weight.reshape(-1), (clip_ratio_c * adv - objective).mul_(dual).reshape(-1)
-            )
-            unclipped_or_w &= ~dual
-            unclipped_or_s &= ~dual
+            objective = (adv * ratio).sub_(gap)  # min(m A, mclip A)
+            dual = ((adv < 0) & (objective < clip_ratio_c * adv)).to(mf.dtype).mul_(mf)
+            lift = (clip_ratio_c * adv - objective).mul_(dual)
+            value = value + (lift.sum(1) * row_weight[:, 0]).sum()
+            keep_w.sub_(dual).clamp_(min=0)
+            keep_s.sub_(dual).clamp_(min=0)
         g_w = aw * a
-        g_s = aw.sub_(g_w).mul_(unclipped_or_s).sum(1, keepdim=True)  # sum_t G_s,t
-        grad = g_w.mul_(unclipped_or_w).mul_(w).addcmul_(mf, g_s * s * per_token)
+        g_s = aw.sub_(g_w).mul_(keep_s).sum(1, keepdim=True)  # sum_t G_s,t
+        grad = g_w.mul_(keep_w).mul_(w).addcmul_(mf, g_s * s * per_token)
         if inside is not None:
             grad.mul_(inside)
     linear = torch.vdot(grad.reshape(-1), lp.reshape(-1))

@@ -63,7 +63,7 @@ def rollout_weights(
     if mode.endswith("truncate"):
         weights = log_w.clamp(max=log_cap).exp()
     else:
-        weights = log_w.clamp(max=log_cap).exp().masked_fill(capped, 0.0)
+        weights = log_w.clamp(max=log_cap).exp().mul_(~capped)
     return weights, capped
 
 

@@ -43,7 +43,8 @@ def sapo_loss(
     damps a token)."""
     lp, old, adv, mf, lengths = prepare(logp, old_logp, advantages, mask)
     r = token_log_ratio(lp, old, mf).exp()
-    tau = torch.full_like(adv, tau_neg).masked_fill_(adv > 0, tau_pos)
+    positive = (adv > 0).to(lp.dtype)
+    tau = positive * tau_pos + (1.0 - positive) * tau_neg  # exact: one term is 0
     gate = torch.sigmoid(tau * (r - 1.0)) * (4.0 / tau)
     n_seqs = count_or_default(num_seqs, max(lp.shape[0], 1))
     loss = -sequence_mean(mf, lengths, n_seqs)(gate * adv)

@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -28,30 +26,36 @@ def top_count(u: Tensor, mask: Tensor, counts: Tensor) -> Tensor:
 
     Exactly the tokens of rank ``< counts[i]`` in :func:`token_ranks` (ties go to the earlier
     position), found from each row's ``counts[i]``-th largest uncertainty with one ``topk`` call
-    instead of a sort (about 3x cheaper on CPU). Rows need different ``k``: each row gets
-    ``k - counts[i]`` extra values of ``+inf``, which come first, so a shared ``k`` (the largest
-    count) lands on every row's own threshold. Tokens tied at the threshold are taken in position
-    order only when a row has more of them than it needs.
+    instead of a sort (2-3x cheaper on CPU; ``kthvalue`` measured ~15% slower than ``topk``).
+    Rows need different ``k``: each row gets ``k - counts[i]`` extra values of ``+finfo.max``,
+    which come first, so a shared ``k`` (the largest count) lands on every row's own threshold.
+    Tokens tied at the threshold are taken in position order only when a row has more of them
+    than it needs. Masks are built with arithmetic, not ``torch.where`` (much slower on CPU, see
+    ``shared.masked_extrema``).
     """
-    valid = mask.bool()
     k = int(counts.max()) if counts.numel() else 0
     if k == 0:
         return torch.zeros(u.shape, dtype=u.dtype, device=u.device)
-    key = torch.where(valid, u, -math.inf)  # padding below every valid token
+    big = torch.finfo(u.dtype).max
+    mf = mask.to(u.dtype)
+    key = (mf - 1.0).mul_(big).addcmul_(u, mf)  # padding at -big, below every valid token
     extra = k - counts
     width = int(extra.max())
     if width:
-        fill = torch.arange(width, device=u.device)[None, :] < extra[:, None]
-        key_k = torch.cat([key, torch.where(fill, math.inf, -math.inf).to(key.dtype)], 1)
+        fill = (torch.arange(width, device=u.device)[None, :] < extra[:, None]).to(u.dtype)
+        key_k = torch.cat([key, fill.mul_(2.0).sub_(1.0).mul_(big)], 1)  # +big, then -big
     else:
         key_k = key
     threshold = torch.topk(key_k, k, dim=1, sorted=False).values.amin(1, keepdim=True)
-    above = key > threshold
-    at = key == threshold
-    need = counts[:, None] - above.sum(1, keepdim=True)
-    if bool((at.sum(1, keepdim=True) > need).any()):
-        at &= at.cumsum(1) <= need
-    return (above | at).to(u.dtype)
+    # 1.0 where key >= threshold: sign(key - threshold) + 1, capped at 1 (float arithmetic;
+    # a comparison's bool output and its conversion cost ~6x more on CPU)
+    selected = (key - threshold).sign_().add_(1.0).clamp_(max=1.0)
+    if selected.sum() > counts.sum():  # a row has more ties at its threshold than it needs
+        above = key > threshold  # (never fewer): take those in position order
+        at = key == threshold
+        at &= at.cumsum(1) <= counts[:, None] - above.sum(1, keepdim=True)
+        selected = (above | at).to(u.dtype)
+    return selected
 
 
 def paper_selection(u: Tensor, mf: Tensor, beta: float, padded_width: float | None) -> Tensor:
@@ -73,10 +77,12 @@ def paper_selection(u: Tensor, mf: Tensor, beta: float, padded_width: float | No
     k = int(beta * width)
     if k == 0:
         return torch.zeros_like(mf)
-    row = torch.zeros(n, width, dtype=u.dtype, device=u.device)
-    row[:, :length] = u * mf
-    kth = torch.topk(row, k, dim=1).values[:, -1:]
-    return (row[:, :length] >= kth).to(mf.dtype) * mf
+    row = u * mf
+    if width > length:
+        row = torch.cat([row, row.new_zeros(n, width - length)], 1)
+    kth = torch.topk(row, k, dim=1, sorted=False).values.amin(1, keepdim=True)
+    # 1.0 where the value is at or above the k-th: sign(x - kth) + 1, capped at 1 (see top_count)
+    return (row[:, :length] - kth).sign_().add_(1.0).clamp_(max=1.0).mul_(mf)
 
 
 def token_ranks(uncertainty: Tensor, mask: Tensor) -> Tensor:

@@ -9,7 +9,6 @@ in float32 (float64 stays float64). Log-ratios are clamped to ``±LOG_RATIO_CAP`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -88,12 +87,17 @@ def k3_kl(lp: Tensor, ref_logp: Tensor, mf: Tensor) -> Tensor:
 
 
 def masked_extrema(x: Tensor, mf: Tensor) -> tuple[Tensor, Tensor]:
-    """Max and min of ``x`` ([N, L] or [N, 1]) over valid tokens; (0, 0) when none is valid."""
-    valid = mf.sum(1, keepdim=True) > 0 if x.shape[1] == 1 else mf > 0
-    if not bool(valid.any()):
-        zero = x.new_zeros(())
-        return zero, zero
-    return torch.where(valid, x, -math.inf).amax(), torch.where(valid, x, math.inf).amin()
+    """Max and min of ``x`` ([N, L] or [N, 1]) over valid tokens; (0, 0) when none is valid.
+
+    Arithmetic masking (``x * m -/+ (1 - m) * big``), not ``torch.where``: on CPU, ``where`` and
+    ``masked_fill`` with a mask are ~30x slower than a multiply (torch 2.13)."""
+    big = torch.finfo(x.dtype).max
+    if x.shape[1] == 1:
+        mf = (mf.sum(1, keepdim=True) > 0).to(x.dtype)
+    hi = (x * mf).add_((mf - 1.0).mul_(big)).amax()
+    lo = (x * mf).sub_((mf - 1.0).mul_(big)).amin()
+    any_valid = mf.amax().clamp(max=1.0)
+    return hi * any_valid, lo * any_valid
 
 
 def ratio_metrics(
@@ -104,23 +108,27 @@ def ratio_metrics(
     A token is clipped when the clipped branch of ``min(r*A, clip(r)*A)`` is strictly smaller,
     i.e. the clip zeroes its gradient; ``high`` when A > 0 (ratio above 1+eps_high), ``low``
     when A < 0 (ratio below 1-eps_low). ``ratio`` is the weight the loss actually uses."""
-    return {**clip_fractions(clipped < unclipped, adv, mf, n_tok), **ratio_stats(ratio, mf, n_tok)}
+    hit = (unclipped - clipped).sign_().clamp_(min=0.0) * mf  # 1.0 where clipped < unclipped
+    return {**clip_fractions(hit, adv, n_tok), **ratio_stats(ratio, mf, n_tok)}
 
 
 def clip_fractions(
-    hit: Tensor, adv: Tensor, mf: Tensor, n_tok: Tensor, dual: Tensor | None = None
+    hit: Tensor, adv: Tensor, n_tok: Tensor, dual: Tensor | None = None
 ) -> dict[str, Tensor]:
-    """Fractions of valid tokens where the clip zeroed the gradient (``hit``: the clipped branch
-    was strictly smaller), split by the advantage's sign; with dual-clip, ``clip_frac_dual``
-    where the ``c * A`` bound was active instead."""
-    hit = hit & (mf > 0)
+    """Fractions of valid tokens where the clip zeroed the gradient (``hit``: 1.0 where the
+    clipped branch was strictly smaller, 0 elsewhere and on padding), split by the advantage's
+    sign; with dual-clip, ``clip_frac_dual`` where the ``c * A`` bound (``dual``, same form) was
+    active instead."""
+    pos, neg = (adv > 0).to(hit.dtype), (adv < 0).to(hit.dtype)
+    if adv.shape[1] == 1:  # one advantage per response: weight the row sums
+        rows = hit.sum(1)
+        high, low = torch.dot(rows, pos[:, 0]), torch.dot(rows, neg[:, 0])
+    else:
+        high, low = (hit * pos).sum(), (hit * neg).sum()
     denom = n_tok.clamp(min=1)
-    out = {
-        "clip_frac_high": (hit & (adv > 0)).sum() / denom,
-        "clip_frac_low": (hit & (adv < 0)).sum() / denom,
-    }
+    out = {"clip_frac_high": high / denom, "clip_frac_low": low / denom}
     if dual is not None:
-        out["clip_frac_dual"] = (dual & (mf > 0)).sum() / denom
+        out["clip_frac_dual"] = dual.sum() / denom
     return out
 
 
@@ -205,11 +213,20 @@ def clipped_objective(
     clipped = clipped_ratio * adv
     objective = torch.minimum(unclipped, clipped)
     if clip_ratio_c is not None:
-        objective = torch.where(adv < 0, torch.maximum(objective, clip_ratio_c * adv), objective)
+        objective = torch.maximum(objective, dual_bound(adv, clip_ratio_c))
     pg_loss = -aggregate(objective)
     kl_tok, use_kl = kl_term(lp, ref_logp, kl_coef, mf)
     loss = pg_loss + kl_coef * aggregate(kl_tok) if use_kl else pg_loss
     return loss, pg_loss, unclipped, clipped, kl_tok
+
+
+def dual_bound(adv: Tensor, clip_ratio_c: float) -> Tensor:
+    """The dual-clip floor of the objective: ``c * A`` where A < 0, ``-finfo.max`` (no bound)
+    elsewhere; built with arithmetic, not ``where`` (see :func:`masked_extrema`)."""
+    negative = (adv < 0).to(adv.dtype)
+    return (
+        (adv * clip_ratio_c).mul_(negative).add_((negative - 1.0).mul_(torch.finfo(adv.dtype).max))
+    )
 
 
 def sequence_mean(mf: Tensor, lengths: Tensor, n_seqs: float) -> Callable[[Tensor], Tensor]:
@@ -240,7 +257,7 @@ def clipped_metrics(
         m = common_metrics(loss, pg_loss, mf, n_tok, entropy, kl_tok)
         m.update(ratio_metrics(ratio, unclipped, clipped, adv, mf, n_tok))
         if clip_ratio_c is not None:
-            dual = (torch.minimum(unclipped, clipped) < clip_ratio_c * adv) & (adv < 0)
+            dual = torch.minimum(unclipped, clipped) < dual_bound(adv, clip_ratio_c)
             m["clip_frac_dual"] = (dual.to(mf.dtype) * mf).sum() / n_tok.clamp(min=1)
     return m
 
