@@ -4,7 +4,9 @@
 steps of ``optim.micro_batch`` sequences per forward/backward. With a single optimizer step per
 rollout batch the update's own forward runs on the policy that sampled, so its detached log-probs
 are the old log-probs exactly (ratio 1); more steps need them frozen up front
-(:meth:`Policy.frozen_logprobs`).
+(:meth:`Policy.frozen_logprobs`). With ``algo.entropy_top`` that frozen pass always runs: it
+also gives the token entropies the step's high-entropy threshold is taken over
+(:mod:`stages.train.loss_inputs`).
 
 Distribution: every process takes ``mini[rank::world]`` and runs the same number of
 micro-batches; loss normalisers are the mini-batch's global counts and DDP averages gradients, so
