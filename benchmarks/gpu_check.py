@@ -288,13 +288,13 @@ def check_vllm(
     policy: Any, io: Any, prompts: list, sizes: dict, device: torch.device, hf_tokens_per_s: float
 ) -> None:
     """The vllm rollout engine as ``mgpo train`` runs it, on the same policy (module docstring)."""
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        emit({"check": "vllm", "skipped": "vLLM is not installed"})
-        return
     if device.type != "cuda":
         emit({"check": "vllm", "skipped": "the vLLM checks need a GPU"})
+        return
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        emit({"check": "vllm", "skipped": "vLLM is not installed"})
         return
     from stages.rollout.engine_vllm import VLLMEngine
 

@@ -471,4 +471,5 @@ def test_gpu_check_dry_run_without_datasets_math_verify_or_vllm(tmp_path: Path) 
     assert by_check["precision"][0]["changed_fraction"] > 0.9
     assert by_check["precision_if_bf16_weights"][0]["changed_fraction"] < 0.5
     assert by_check["generate"][0]["tokens"] > 0
+    assert by_check["vllm"] == [{"check": "vllm", "skipped": "the vLLM checks need a GPU"}]
     assert by_check["tiny_recipe"][0]["steps"] == 2
