@@ -20,6 +20,12 @@ micro-batch at full length. Notation, per GPU:
   h, I, layers, heads, kv = kv_heads * head_dim, vocab: the language model; hv, Iv, depth,
   heads_v: the vision tower
 
+LoRA (``model.lora``): Pt are the adapters' parameters (rank x in + out x rank per adapted layer,
+:func:`stages.train.lora.adapter_parameters`), the base weights are frozen and held in the compute
+dtype (c * shard(P) in place of the fp32 masters), the vision tower is frozen, the lm_head gets no
+gradient, there is no KL reference copy (the adapters are switched off instead), and each adapted
+layer saves its adapter's rank-sized activation (c * rank per token).
+
 Exact (counted from the config; the tests measure the first three on the tiny model):
   parameters       4 * shard(P)                        fp32 master weights
   optimizer        8 * shard(Pt) + 4 * nt              AdamW exp_avg, exp_avg_sq, step scalar
@@ -71,6 +77,7 @@ from stages.errors import MgpoError
 from stages.models.architecture import Architecture, Parameter, architecture
 from stages.train.config import TrainConfig
 from stages.train.logprobs import CHUNK_ELEMENTS
+from stages.train.lora import adapter_parameters
 
 GIB = 2**30
 RUNTIME_BYTES = 2 * GIB
@@ -142,12 +149,25 @@ def plan_memory(
         raise MgpoError(f"memory plan: need at least one GPU with memory, got {n} x {gpu} bytes")
     fsdp = config.trainer.strategy == "fsdp"
     c = compute_bytes(config.model.dtype)
+    lora = config.model.lora
+    adapters = adapter_parameters(arch, lora) if lora is not None else ()
     frozen = config.model.freeze_vision
-    trainable = tuple(p for p in arch.parameters if not (frozen and p.vision))
+    trainable = adapters or tuple(p for p in arch.parameters if not (frozen and p.vision))
     ckpt = config.model.gradient_checkpointing
     state_key = "model.name" if fsdp else "trainer.strategy"
+    held = [("parameters (fp32 master)", 4 * _shard(arch.parameters, n, fsdp), state_key)]
+    if lora is not None:  # the trainable state's size is the adapters' rank
+        held = [
+            (
+                "base weights (frozen, compute dtype)",
+                c * _shard(arch.parameters, n, fsdp),
+                state_key,
+            ),
+            ("LoRA adapters (fp32 master)", 4 * _shard(adapters, n, fsdp), "model.lora.rank"),
+        ]
+        state_key = "model.lora.rank"
     items = [
-        Item("parameters (fp32 master)", 4 * _shard(arch.parameters, n, fsdp), (HELD,), state_key),
+        *(Item(name, size, (HELD,), key) for name, size, key in held),
         Item(
             "optimizer (AdamW fp32 moments)",
             8 * _shard(trainable, n, fsdp) + 4 * len(trainable),
@@ -155,7 +175,7 @@ def plan_memory(
             state_key,
         ),
         Item("gradients (fp32)", 4 * _shard(trainable, n, fsdp), (UPDATE,), state_key),
-        *_weight_copies(arch, trainable, n, fsdp, c, config.rollout.backend == "hf"),
+        *_weight_copies(arch, adapters, trainable, n, fsdp, c, config.rollout.backend == "hf"),
         Item(
             _activation_name(ckpt),
             _activations(config, arch, c, ckpt),
@@ -173,7 +193,7 @@ def plan_memory(
         *_rollout_items(config, arch, c, gpu),
         Item("runtime (CUDA context, NCCL, slack)", RUNTIME_BYTES, (HELD,), "", True),
     ]
-    if config.algo.kl_coef > 0:
+    if config.algo.kl_coef > 0 and lora is None:
         items.append(
             Item(
                 "KL reference model",
@@ -197,7 +217,7 @@ def plan_memory(
         strategy=config.trainer.strategy,
         items=tuple(i for i in items if i.bytes > 0),
         aside=(aside,),
-        parameters=sum(p.numel for p in arch.parameters),
+        parameters=sum(p.numel for p in arch.parameters + adapters),
         trainable=sum(p.numel for p in trainable),
         image_tokens=vision_tokens(config, arch),
     )
@@ -224,7 +244,13 @@ def _units(params: tuple[Parameter, ...]) -> tuple[int, int]:
 
 
 def _weight_copies(
-    arch: Architecture, trainable: tuple[Parameter, ...], n: int, fsdp: bool, c: int, hf: bool
+    arch: Architecture,
+    adapters: tuple[Parameter, ...],
+    trainable: tuple[Parameter, ...],
+    n: int,
+    fsdp: bool,
+    c: int,
+    hf: bool,
 ) -> list[Item]:
     """Weights and gradients outside the fp32 shards: FSDP's gathered layers, DDP's copies."""
     pt = sum(p.numel for p in trainable)
@@ -237,7 +263,7 @@ def _weight_copies(
                 Item("bf16 weight copies (autocast)", c * pt, (UPDATE,), "trainer.strategy", True)
             )
         return out
-    root, unit = _units(arch.parameters)
+    root, unit = _units(arch.parameters + adapters)
     root_t, unit_t = _units(trainable)
     reduce_copy = 4 if c != 4 else 0
     return [
@@ -279,10 +305,14 @@ def _activations(config: TrainConfig, arch: Architecture, c: int, checkpointing:
     t = arch.text
     tokens = rows * (config.rollout.max_prompt_tokens + config.rollout.max_new_tokens)
     a = layer_bytes(t.hidden, t.kv_heads * t.head_dim, t.intermediate, t.heads, c)
+    lora = config.model.lora
+    if lora is not None:  # each adapted layer saves A x (rank values per token) for B's gradient
+        adapted = len(adapter_parameters(arch, lora)) // 2
+        a += c * lora.rank * math.ceil(adapted / t.layers)
     per_layer = c * t.hidden if checkpointing else a
     text = tokens * (t.layers * per_layer + (4 + 3 * c) * t.hidden + (a if checkpointing else 0))
     v = arch.vision
-    if v is None or config.model.freeze_vision:
+    if v is None or config.model.freeze_vision or lora is not None:
         return text
     patches = rows * v.merge**2 * vision_tokens(config, arch)
     av = layer_bytes(v.hidden, v.hidden, v.intermediate, v.heads, c)
@@ -297,7 +327,8 @@ def _logprob_bytes(config: TrainConfig, arch: Architecture, c: int, fsdp: bool) 
     positions = config.optim.micro_batch * config.rollout.max_new_tokens
     rows = min(max(1, CHUNK_ELEMENTS["other"] // vocab), positions)
     buffers = rows * vocab * (8 + (c if c != 4 else 0))
-    head_grad = 0 if fsdp else c * vocab * hidden  # under fsdp: in the root's gradient
+    # under fsdp: in the root's gradient; under LoRA the head is frozen
+    head_grad = 0 if fsdp or config.model.lora is not None else c * vocab * hidden
     return buffers + positions * (c * hidden + 12) + head_grad
 
 

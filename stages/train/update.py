@@ -76,11 +76,7 @@ def update(
         frozen_old = config.optim.epochs * config.optim.mini_batches > 1
     old = policy.frozen_logprobs(policy.model, sample_rows, responses) if frozen_old else None
     fresh: dict[int, torch.Tensor] = {}  # on-policy: the update's own detached log-probs
-    ref = (
-        None
-        if policy.reference is None
-        else policy.frozen_logprobs(policy.reference, sample_rows, responses)
-    )
+    ref = policy.reference_logprobs(sample_rows, responses)
     timings["logprobs_s"] = time.perf_counter() - started
     started = time.perf_counter()
     order_rng = random.Random(step_seed(config.trainer.seed, step, "shuffle"))

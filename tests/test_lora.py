@@ -1,0 +1,351 @@
+"""LoRA training (``model.lora``): the adapted policy starts at the base exactly, only adapters
+train, the merged and adapter exports load and give the adapted log-probs, checkpoints resume
+exactly, 2 processes (DDP, FSDP2) equal one, the memory plan counts what a real policy holds, and
+bad settings are one line.
+
+Models are the built-in tiny Qwen2.5-VL-architecture model; rewards come from the "vowel" reward
+(a random policy earns it about a fifth of the time), so every step updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from test_train_scale import launch, run_ok
+
+from helpers import assert_user_error, cli_env, run_cli, run_main
+from stages.config import apply_overrides, build, load_recipe, parse_override
+from stages.shards import open_shards, write_shards
+from stages.train import TrainConfig
+
+VOWEL_REWARD = """
+def vowel(response, answer, **kwargs):
+    text = response.strip().lower()
+    return {"reward": float(text[:1] in "aeiou" and text != ""), "accuracy": 0.0}
+"""
+TIMING_KEYS = {"rollout_s", "score_s", "logprobs_s", "update_s", "step_time_s"}
+TIMING_KEYS |= {"trainer_tokens_per_s"}
+RANK, ALPHA = 4, 8.0
+CPU = torch.device("cpu")
+ROWS = [
+    {"prompt": "<image>What colour?", "images": [Image.new("RGB", (56, 56), (250, 10, 10))]},
+    {"prompt": "What colour is a banana?", "images": []},
+]
+RESPONSES = [[40, 41, 42], [50, 51]]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_model_dir) -> Path:
+    """Shapes prompts, every other one without its image (text-only micro-batches too)."""
+    root = tmp_path_factory.mktemp("lora-data")
+    result = run_cli("prepare", "shapes", "--size", "16", "--out", root / "shapes", cwd=root)
+    assert result.returncode == 0, result.stderr
+    rows = []
+    for i, row in enumerate(open_shards(root / "shapes", "prompts").iter_rows()):
+        if i % 2:
+            row = {**row, "prompt": row["prompt"].replace("<image>", ""), "images": []}
+        rows.append(row)
+    write_shards(root / "mixed", "prompts", rows, producer={"command": "test"})
+    (root / "vowel.py").write_text(VOWEL_REWARD)
+    return root
+
+
+def settings(root: Path, **extra: object) -> dict[str, object]:
+    """A small LoRA run: 4 prompts x 4 samples of 2 tokens, two optimizer steps per step (frozen
+    old log-probs) and a KL term (its reference: the adapters switched off)."""
+    return {
+        "data.train": str(root / "mixed"),
+        "data.val": "null",
+        "rollout.batch_prompts": 4,
+        "rollout.n": 4,
+        "rollout.max_new_tokens": 2,
+        "optim.micro_batch": 1,
+        "optim.mini_batches": 2,
+        "optim.lr": 0.01,
+        "algo.kl_coef": 0.05,
+        "trainer.save_every": 1,
+        "score.reward": f"{root / 'vowel.py'}:vowel",
+        "model.lora.rank": RANK,
+        "model.lora.alpha": ALPHA,
+        **extra,
+    }
+
+
+def config_of(values: dict[str, object]) -> TrainConfig:
+    overrides = [parse_override(f"{k}={v}") for k, v in values.items()]
+    return build(TrainConfig, apply_overrides(load_recipe("tiny"), overrides))
+
+
+def logprobs(model, io, rows=ROWS, responses=RESPONSES) -> torch.Tensor:
+    """Teacher-forced response log-probs through the trainer's path (``model``: a policy's
+    wrapped model, or any plain transformers model)."""
+    from stages.train.forward import LogprobModel, response_logprobs
+
+    if not isinstance(model, LogprobModel) and not hasattr(model, "module"):
+        model = LogprobModel(model)
+    with torch.no_grad():
+        return response_logprobs(model, io, rows, responses, device=CPU).logp
+
+
+def base_name(name: str) -> str:
+    return name.replace(".base_layer.", ".")
+
+
+# ----------------------------------------------------------------------------- in one process
+
+
+def test_adapters_start_at_the_base_train_alone_and_export_merged_or_as_an_adapter(
+    data: Path, tiny_policy, tmp_path: Path
+) -> None:
+    """One real training step (rollout on the adapted module, score, update with frozen old
+    log-probs and the KL term) with LoRA on the tiny model:
+
+    - before it, with B = 0, the policy's log-probs are the base model's, bit for bit;
+    - the optimizer holds exactly the adapters (language model only, vision tower frozen);
+    - after it, every base weight is bit-identical and the adapters moved; the KL reference (the
+      adapters off) is still exactly the base;
+    - the hf engine's log-probs for fresh samples equal the trainer's for the updated policy;
+    - ``final/`` merged is a plain model folder whose weights are ``W + alpha/r B A`` (a float64
+      formula here) and whose log-probs equal the adapted policy's (<= 1e-5); exported as an
+      adapter it loads with peft and through ``load_policy`` with the same log-probs.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from stages.models.loading import load_policy
+    from stages.train.loop import Trainer
+
+    base, io = tiny_policy
+    base_state = {k: v.clone() for k, v in base.state_dict().items()}
+    torch.set_num_threads(1)
+    trainer = Trainer(config_of(settings(data)), tmp_path / "run")
+    policy = trainer.policy
+    assert torch.equal(logprobs(policy.model, policy.io), logprobs(base, io))
+
+    trained = {n for n, p in policy.module.named_parameters() if p.requires_grad}
+    in_optimizer = {id(p) for group in policy.optimizer.param_groups for p in group["params"]}
+    named = dict(policy.module.named_parameters())
+    assert in_optimizer == {id(named[n]) for n in trained}
+    layers = 2 * 7  # 2 decoder layers x (q, k, v, o, gate, up, down)
+    assert len(trained) == 2 * layers and all(".lora_" in n for n in trained)
+    assert not any(".visual." in n for n in trained)
+
+    batch, _ = trainer.collect(tmp_path / "step-1")
+    metrics = trainer.update(batch)
+    trainer.close()
+    assert metrics["grad_norm"] > 0 and metrics["kl"] > 0  # the 2nd optimizer step moved off
+    for name, param in policy.module.named_parameters():
+        if ".lora_" not in name:
+            assert torch.equal(param, base_state[base_name(name)]), name
+    moved = [n for n in trained if ".lora_B." in n and named[n].abs().max() > 0]
+    assert len(moved) == layers
+    reference = policy.reference_logprobs(ROWS, RESPONSES)
+    expected = logprobs(base, io)
+    for i, row in enumerate(reference):
+        assert torch.equal(row, expected[i, : len(RESPONSES[i])])
+    adapted = logprobs(policy.model, policy.io)
+    assert (adapted - expected).abs().max() > 1e-3
+
+    # The engine samples from the updated, adapted policy.
+    samples = trainer.engine.generate(ROWS, n=2, temperature=1.0, max_new_tokens=3, seed=1)
+    rows = [row for row, group in zip(ROWS, samples, strict=True) for _ in group]
+    responses = [s.response_ids for group in samples for s in group]
+    ours = logprobs(policy.model, policy.io, rows, responses)
+    for i, sample in enumerate(s for group in samples for s in group):
+        engine = torch.tensor(sample.logprobs)
+        assert torch.allclose(engine, ours[i, : len(engine)], atol=1e-5)
+
+    policy.export(tmp_path / "merged")
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    state = merged.state_dict()
+    assert state.keys() == base_state.keys()
+    q = "model.language_model.layers.0.self_attn.q_proj"
+    a, b = (named[f"{q}.lora_{x}.default.weight"].double() for x in "AB")
+    formula = base_state[f"{q}.weight"].double() + (ALPHA / RANK) * (b @ a)
+    assert torch.allclose(state[f"{q}.weight"].double(), formula, atol=1e-6)
+    assert torch.equal(state["lm_head.weight"], base_state["lm_head.weight"])
+    assert (logprobs(merged, io) - adapted).abs().max() <= 1e-5
+
+    policy.config = dataclasses.replace(
+        policy.config, trainer=dataclasses.replace(policy.config.trainer, export="adapter")
+    )
+    policy.export(tmp_path / "adapter")
+    files = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+    assert "config.json" not in files
+    fresh, _ = load_policy("tiny", dtype="float32")
+    with_peft = PeftModel.from_pretrained(fresh, tmp_path / "adapter").merge_and_unload()
+    assert (logprobs(with_peft, io) - adapted).abs().max() <= 1e-5
+    loaded, loaded_io = load_policy(str(tmp_path / "adapter"), dtype="float32")
+    assert (logprobs(loaded, loaded_io) - adapted).abs().max() <= 1e-5
+
+
+def test_memory_plan_counts_what_a_lora_policy_holds(tiny_model_dir: Path) -> None:
+    """The plan's base weights (held in the compute dtype: bf16 here), adapters, gradients and
+    AdamW state equal the bytes of a real LoRA policy after a real optimizer step."""
+    from stages.train.memory_plan import GIB, plan_memory
+    from stages.train.policy import Policy
+
+    config = config_of({"model.lora.rank": RANK, "model.dtype": "bf16"})
+    policy = Policy(config)
+    params = list(policy.module.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    with policy.training(), policy.autocast():
+        from stages.train.forward import response_logprobs
+
+        result = response_logprobs(policy.model, policy.io, ROWS, RESPONSES, device=CPU)
+    result.logp.sum().backward()
+    policy.optimizer.step()
+
+    def nbytes(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    assert {p.dtype for p in trainable} == {torch.float32}
+    assert {p.dtype for p in params if not p.requires_grad} == {torch.bfloat16}
+    measured = {
+        "base weights (frozen, compute dtype)": nbytes(p for p in params if not p.requires_grad),
+        "LoRA adapters (fp32 master)": nbytes(trainable),
+        "gradients (fp32)": nbytes(p.grad for p in trainable),
+        "optimizer (AdamW fp32 moments)": nbytes(
+            v for state in policy.optimizer.state.values() for v in state.values()
+        ),
+    }
+    plan = plan_memory(config, processes=1, gpu_bytes=80 * GIB)
+    assert {k: plan.by_name[k] for k in measured} == measured
+    assert plan.trainable == sum(p.numel() for p in trainable)
+    assert (
+        "KL reference model"
+        not in plan_memory(
+            dataclasses.replace(config, algo=dataclasses.replace(config.algo, kl_coef=0.1))
+        ).by_name
+    )
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _metrics(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMING_KEYS} for x in lines]
+
+
+def _args(root: Path, run: Path, **extra: object) -> list[str]:
+    values = settings(root, **extra)
+    return ["train", "--recipe", "tiny", "--steps", "2", "--run-dir", str(run)] + [
+        arg for key, value in values.items() for arg in ("--set", f"{key}={value}")
+    ]
+
+
+@pytest.mark.slow
+def test_lora_runs_resume_exactly_and_two_processes_equal_one(data: Path) -> None:
+    """kill -9 during step 2 and ``--resume`` gives the uninterrupted run's metrics and adapter
+    weights, bit for bit (the checkpoint holds the adapters in peft's format and loads as an
+    adapter folder); DDP and FSDP2 on 2 processes give one process's metrics and final weights;
+    the hf engine's log-probs equal the trainer's at every step (also from FSDP's copy). The
+    FSDP run exports an adapter folder, which ``mgpo eval`` takes through the run directory."""
+    straight = data / "run-one"
+    run_ok(launch(1, _args(data, straight)), data)
+
+    killed = data / "run-killed"
+    process = subprocess.Popen(
+        launch(1, _args(data, killed)),
+        cwd=data,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    marker = killed / "steps" / "step-000002" / "rollouts" / "manifest.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not marker.exists() and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "final").exists(), "the run finished before it could be killed"
+    checkpoint = killed / "checkpoints" / "step-000001"
+    names = {p.name for p in checkpoint.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= names
+    assert "model.safetensors" not in names and "config.json" not in names
+    run_ok(launch(1, [*_args(data, killed), "--resume"]), data)
+    assert _metrics(killed) == _metrics(straight)
+    for folder in ("checkpoints/step-000002/adapter_model.safetensors", "final/model.safetensors"):
+        a, b = load_file(str(killed / folder)), load_file(str(straight / folder))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder
+
+    from stages.models.loading import load_policy
+
+    def final_state(run: Path) -> dict[str, torch.Tensor]:  # merged or adapter: loads the same
+        return load_policy(str(run / "final"), dtype="float32")[0].state_dict()
+
+    one, final = _metrics(straight), final_state(straight)
+    for strategy in ("ddp", "fsdp"):
+        run = data / f"run-two-{strategy}"
+        export = "adapter" if strategy == "fsdp" else "merged"
+        extra = {"trainer.strategy": strategy, "trainer.export": export}
+        run_ok(launch(2, _args(data, run, **extra)), data)
+        marker = "adapter_config.json" if export == "adapter" else "config.json"
+        assert (run / "final" / marker).is_file(), export
+        two = _metrics(run)
+        for x, y in zip(one, two, strict=True):
+            assert x["reward_mean"] == y["reward_mean"] and y["processes"] == 2.0
+            for key in ("loss", "grad_norm", "kl", "entropy", "ratio_max", "ratio_min"):
+                assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (strategy, key)
+            assert y["engine_logprob_mismatch"] < 1e-5, strategy
+        other = final_state(run)
+        assert max(float((final[k] - other[k]).abs().max()) for k in final) < 1e-5, strategy
+    assert all(m["engine_logprob_mismatch"] < 1e-5 for m in one)
+    evaluated = run_cli(
+        "eval", "shapes", "--model", data / "run-two-fsdp", "--limit", "4", "--out", data / "evals"
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"model.lora.rank": 0}, "model.lora.rank must be positive, got 0"),
+        ({"model.lora.rank": -2}, "model.lora.rank must be positive"),
+        ({"model.lora.alpha": 0}, "model.lora.alpha must be positive"),
+        ({"model.lora.target_modules": "[]"}, "model.lora.target_modules is empty"),
+        ({"model.lora.target_modules": "[q_proj,qkv]"}, "'qkv' matches no linear layer"),
+        ({"model.lora.target_modules": "[lm_head]"}, "'lm_head' matches no linear layer"),
+        ({"trainer.export": "adapter", "model.lora": "null"}, "trainer.export adapter needs"),
+        ({"trainer.export": "gguf"}, "trainer.export 'gguf'"),
+    ],
+)
+def test_bad_lora_settings_are_one_line(data: Path, values: dict, fragment: str) -> None:
+    """Refused with one line (exit 2) before the run directory is made."""
+    run = data / "run-bad"
+    args = _args(data, run, **values)[1:]
+    assert_user_error(run_main("train", *args, cwd=data), fragment)
+    assert not run.exists()
+
+
+def test_adapter_folder_with_a_missing_base_is_one_line(tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": str(tmp_path / "gone")})
+    )
+    assert_user_error(
+        run_main("eval", "shapes", "--model", adapter, "--out", tmp_path / "e"),
+        "model folder not found",
+    )
+    (adapter / "adapter_config.json").write_text("{")
+    assert_user_error(
+        run_main("eval", "shapes", "--model", adapter, "--out", tmp_path / "e"),
+        "unreadable adapter config",
+    )
+    assert not os.path.exists(tmp_path / "e")
