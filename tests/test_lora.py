@@ -3,8 +3,9 @@ train, the merged and adapter exports load and give the adapted log-probs, check
 exactly, 2 processes (DDP, FSDP2) equal one, the memory plan counts what a real policy holds, and
 bad settings are one line.
 
-Models are the built-in tiny Qwen2.5-VL-architecture model; rewards come from the "vowel" reward
-(a random policy earns it about a fifth of the time), so every step updates.
+Models are the built-in tiny Qwen2.5-VL-architecture model, data the 2-process tests' mixed
+shapes prompts (every other one text-only) and their "vowel" reward (a random policy earns it about
+a fifth of the time), so every step updates.
 """
 
 from __future__ import annotations
@@ -18,23 +19,17 @@ import time
 from pathlib import Path
 
 import pytest
+import test_train_scale as scale
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from test_train_scale import launch, run_ok
 
 from helpers import assert_user_error, cli_env, run_cli, run_main
 from stages.config import apply_overrides, build, load_recipe, parse_override
-from stages.shards import open_shards, write_shards
 from stages.train import TrainConfig
 
-VOWEL_REWARD = """
-def vowel(response, answer, **kwargs):
-    text = response.strip().lower()
-    return {"reward": float(text[:1] in "aeiou" and text != ""), "accuracy": 0.0}
-"""
-TIMING_KEYS = {"rollout_s", "score_s", "logprobs_s", "update_s", "step_time_s"}
-TIMING_KEYS |= {"trainer_tokens_per_s"}
+data = scale.data  # the fixture: mixed prompts under ROOT/mixed, the vowel reward in ROOT/vowel.py
+launch, run_ok, _metrics = scale.launch, scale.run_ok, scale.metrics  # metrics: no timings
 RANK, ALPHA = 4, 8.0
 CPU = torch.device("cpu")
 ROWS = [
@@ -42,22 +37,6 @@ ROWS = [
     {"prompt": "What colour is a banana?", "images": []},
 ]
 RESPONSES = [[40, 41, 42], [50, 51]]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, tiny_model_dir) -> Path:
-    """Shapes prompts, every other one without its image (text-only micro-batches too)."""
-    root = tmp_path_factory.mktemp("lora-data")
-    result = run_cli("prepare", "shapes", "--size", "16", "--out", root / "shapes", cwd=root)
-    assert result.returncode == 0, result.stderr
-    rows = []
-    for i, row in enumerate(open_shards(root / "shapes", "prompts").iter_rows()):
-        if i % 2:
-            row = {**row, "prompt": row["prompt"].replace("<image>", ""), "images": []}
-        rows.append(row)
-    write_shards(root / "mixed", "prompts", rows, producer={"command": "test"})
-    (root / "vowel.py").write_text(VOWEL_REWARD)
-    return root
 
 
 def settings(root: Path, **extra: object) -> dict[str, object]:
@@ -234,11 +213,6 @@ def test_memory_plan_counts_what_a_lora_policy_holds(tiny_model_dir: Path) -> No
 # ----------------------------------------------------------------------------- end to end
 
 
-def _metrics(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if k not in TIMING_KEYS} for x in lines]
-
-
 def _args(root: Path, run: Path, **extra: object) -> list[str]:
     values = settings(root, **extra)
     return ["train", "--recipe", "tiny", "--steps", "2", "--run-dir", str(run)] + [
@@ -349,3 +323,19 @@ def test_adapter_folder_with_a_missing_base_is_one_line(tmp_path: Path) -> None:
         "unreadable adapter config",
     )
     assert not os.path.exists(tmp_path / "e")
+
+
+@pytest.mark.slow
+def test_gpu_check_lora_dry_run(tmp_path: Path) -> None:
+    """``gpu_check.py --lora`` at toy sizes on the CPU (without the packages its GPU machine
+    lacks): the first update moves the adapters and no base weight; the plan is given."""
+    import sys
+
+    script = scale.REPO / "benchmarks" / "gpu_check.py"
+    command = [sys.executable, "-c", scale.WITHOUT, str(script), "--dry-run", "--lora"]
+    result = run_ok([*command, "--skip-tiny"], tmp_path)
+    lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
+    by_check = {line["check"]: line for line in lines}
+    assert by_check["precision_lora"]["adapters_changed_fraction"] > 0.9
+    assert by_check["precision_lora"]["base_changed_fraction"] == 0.0
+    assert by_check["update_lora"]["plan_gib"] > 0 and by_check["generate"]["tokens"] > 0

@@ -55,12 +55,20 @@ def base_spec(spec: str) -> str:
     return spec
 
 
+def import_peft() -> Any:
+    """The ``peft`` module, or one line saying how to install it."""
+    try:
+        import peft
+    except ImportError as error:
+        raise MgpoError(f"LoRA needs peft: pip install 'mgpo[lora]' ({error})") from None
+    return peft
+
+
 def merge_adapter(model: Any, folder: str | Path) -> Any:
     """``model`` (the adapter's base, float32) with the adapter of ``folder`` merged in."""
-    from peft import PeftModel
-
+    peft = import_peft()
     try:
-        adapted = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+        adapted = peft.PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     except Exception as error:  # noqa: BLE001 - any failure is the adapter folder's
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise MgpoError(

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from stages.errors import MgpoError
+from stages.models.adapters import import_peft
 from stages.models.architecture import Architecture, Parameter, language_linear_layers
 from stages.train.config import LoraConfig
 
@@ -95,7 +96,7 @@ class Adapters:
     ) -> Adapters:
         """Freeze ``model``, add adapters to the layers ``lora`` names, hold the base weights in
         ``compute_dtype`` and the adapters in float32."""
-        import peft
+        peft = import_peft()
         from peft.tuners.lora import LoraLayer
 
         layers = select_layers(language_linear_layers(model), lora, name)
