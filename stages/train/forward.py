@@ -27,7 +27,8 @@ shards.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,20 @@ class ResponseLogprobs:
     logp: Tensor  # [B, R] log-prob of each response token (0 on padding)
     entropy: Tensor | None  # [B, R]
     mask: Tensor  # [B, R] bool, True on response tokens
+
+
+class Generate:
+    """``generate``'s arguments for :meth:`LogprobModel.forward`, and the context to run it in:
+    one object, so FSDP's forward hooks pass them through untouched (they would rebuild a list of
+    logits processors as a plain list). See :mod:`stages.train.generation`."""
+
+    def __init__(
+        self,
+        within: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        **arguments: Any,
+    ) -> None:
+        self.within = within
+        self.arguments = arguments
 
 
 class LogprobModel(nn.Module):
@@ -67,12 +82,18 @@ class LogprobModel(nn.Module):
 
     def forward(
         self,
-        inputs: dict[str, Tensor],
-        targets: Tensor,
+        inputs: dict[str, Tensor] | Generate,
+        targets: Tensor | None = None,
         temperature: float = 1.0,
         with_entropy: bool = True,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Log-probs ``[B, W]`` of ``targets`` (the last ``W`` input ids, right-aligned)."""
+    ) -> tuple[Tensor, Tensor | None] | Tensor:
+        """Log-probs ``[B, W]`` of ``targets`` (the last ``W`` input ids, right-aligned); or,
+        given a :class:`Generate`, ``model.generate``'s sequences, generated inside this forward
+        (what FSDP needs of a sharded model: :mod:`stages.train.generation`)."""
+        if isinstance(inputs, Generate):
+            with inputs.within():
+                return self.model.generate(**inputs.arguments)
+        assert targets is not None
         width = targets.shape[1]
         base = self.model.base_model
         if self.vision is not None and "pixel_values" not in inputs:
