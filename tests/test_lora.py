@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -25,12 +24,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from helpers import assert_user_error, cli_env, run_cli, run_main
+from helpers import REPO, assert_user_error, cli_env, kill_tree, run_cli, run_main
+from helpers import launch_command as launch
 from stages.config import apply_overrides, build, load_recipe, parse_override
 from stages.train import TrainConfig
 
 data = scale.data  # the fixture: mixed prompts under ROOT/mixed, the vowel reward in ROOT/vowel.py
-launch, run_ok, _metrics = scale.launch, scale.run_ok, scale.metrics  # metrics: no timings
+run_ok, _metrics = scale.run_ok, scale.metrics  # metrics: no timings
 vllm_env, tiny_vllm_dir = vllm_tests.vllm_env, vllm_tests.tiny_vllm_dir  # skip without vLLM
 RANK, ALPHA = 4, 8.0
 CPU = torch.device("cpu")
@@ -266,8 +266,7 @@ def test_lora_runs_resume_exactly_and_two_processes_equal_one(data: Path) -> Non
     deadline = time.time() + 300
     while time.time() < deadline and not marker.exists() and process.poll() is None:
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_tree(process)
     assert not (killed / "final").exists(), "the run finished before it could be killed"
     checkpoint = killed / "checkpoints" / "step-000001"
     names = {p.name for p in checkpoint.iterdir()}
@@ -388,13 +387,60 @@ def test_adapter_folder_with_a_missing_base_is_one_line(tmp_path: Path) -> None:
     assert not os.path.exists(tmp_path / "e")
 
 
+def test_the_vllm_backend_refuses_an_adapter_folder_in_one_line(tmp_path: Path) -> None:
+    """vLLM loads model folders only: an adapter folder as its model (``mgpo rollout --backend
+    vllm --model ADAPTER``) is refused before vLLM starts, saying what to use instead."""
+    from stages.errors import MgpoError
+    from stages.rollout.vllm_setup import load_policy_io
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": "tiny"})
+    )
+    with pytest.raises(MgpoError, match="LoRA adapter folder.*trainer.export: merged") as caught:
+        load_policy_io(str(adapter))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("recipe", ["qwen2_5_vl_3b", "qwen2_5_vl_7b"])
+def test_the_recipes_lora_settings_fit_one_80gb_gpu(recipe: str) -> None:
+    """What the 3B/7B recipes' comments promise, by the memory plan: with their LoRA settings
+    the policy fits one 80 GB GPU and leaves vLLM most of it (full training: the 7B does not
+    fit, the 3B leaves vLLM less than half); no KL copy, a few percent of the weights train."""
+    from stages.train.memory_plan import GIB, HELD, plan_memory
+
+    def plan(**values: object):
+        overrides = [parse_override(f"{k}={v}") for k, v in values.items()]
+        config = build(TrainConfig, apply_overrides(load_recipe(recipe), overrides))
+        return plan_memory(config, processes=1, gpu_bytes=80 * GIB)
+
+    def engine(plan) -> int:
+        return sum(b for name, b in plan.by_name.items() if name.startswith("rollout engine"))
+
+    full, lora = plan(), plan(**{"model.lora.rank": 64, "optim.lr": 1e-5})
+    assert lora.fits and engine(lora) > 0.7 * 80 * GIB, lora
+    assert not full.fits if recipe.endswith("7b") else engine(full) < 0.5 * 80 * GIB
+    assert lora.phase_bytes(HELD) < full.phase_bytes(HELD) / 4
+    assert "KL reference model" not in lora.by_name and lora.trainable < lora.parameters / 20
+
+
+def test_the_smollm2_lora_recipe_trains_adapters_on_every_projection() -> None:
+    config = build(TrainConfig, load_recipe("smollm2_arithmetic_lora"))
+    assert config.model.lora is not None and config.model.lora.rank == 16
+    assert set(config.model.lora.target_modules) == {
+        f"{x}_proj" for x in ("q", "k", "v", "o", "gate", "up", "down")
+    }
+    assert config.trainer.export == "merged"
+
+
 @pytest.mark.slow
 def test_gpu_check_lora_dry_run(tmp_path: Path) -> None:
     """``gpu_check.py --lora`` at toy sizes on the CPU (without the packages its GPU machine
     lacks): the first update moves the adapters and no base weight; the plan is given."""
     import sys
 
-    script = scale.REPO / "benchmarks" / "gpu_check.py"
+    script = REPO / "benchmarks" / "gpu_check.py"
     command = [sys.executable, "-c", scale.WITHOUT, str(script), "--dry-run", "--lora"]
     result = run_ok([*command, "--skip-tiny"], tmp_path)
     lines = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
