@@ -26,7 +26,7 @@ import os
 import statistics
 from pathlib import Path
 
-from real_model_learning import metrics, mgpo, model_and_data
+from real_model_learning import held_out, metrics, mgpo, model_and_data, write_results
 
 METHODS = {"full": "smollm2_arithmetic", "lora": "smollm2_arithmetic_lora"}
 
@@ -85,13 +85,11 @@ def main() -> None:
     )
     budget = (
         f"{args.steps} steps per run, {args.rounds} round(s) of full then lora (means of the"
-        f" rounds; times are medians over the steps without validation), held-out:"
-        f" {args.val_size} easy validation items, greedy (one item = {100 / args.val_size:.1f}"
-        f" points); extra overrides: {' '.join(args.set) or 'none'};"
+        f" rounds; times are medians over the steps without validation),"
+        f" {held_out(args.val_size, 'easy')}; extra overrides: {' '.join(args.set) or 'none'};"
         f" OMP_NUM_THREADS={env['OMP_NUM_THREADS']}.\n"
     )
-    (work / "results.md").write_text(budget + "\n" + table)
-    print("\n" + budget + "\n" + table)
+    write_results(work, budget, table)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,18 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
 
 
+def held_out(size: int, difficulty: str) -> str:
+    """How held-out accuracy is measured, for a results header."""
+    one = f"one item = {100 / size:.1f} points"
+    return f"held-out: {size} {difficulty} validation items, greedy ({one})"
+
+
+def write_results(work: Path, budget: str, table: str) -> None:
+    """``WORK/results.md``: the budget line and the table; printed too."""
+    (work / "results.md").write_text(budget + "\n" + table)
+    print("\n" + budget + "\n" + table)
+
+
 def model_and_data(
     work: Path, model: Path | None, wheel: Path | None, val_size: int, difficulty: str, env: dict
 ) -> tuple[Path, Path]:
@@ -148,12 +160,10 @@ def main() -> None:
         f"Budget per algorithm: {args.steps} steps x {args.prompts} prompts x n={args.n}"
         f" ({args.steps * args.prompts} prompts, {args.steps * args.prompts * args.n} samples),"
         f" full fine-tuning in float32, recipe smollm2_arithmetic"
-        f" ({' '.join(args.set) or 'no overrides'}); held-out: {args.val_size} {args.difficulty}"
-        f" validation items, greedy (one item = {100 / args.val_size:.1f} points);"
+        f" ({' '.join(args.set) or 'no overrides'}); {held_out(args.val_size, args.difficulty)};"
         f" OMP_NUM_THREADS={env['OMP_NUM_THREADS']}.\n"
     )
-    (work / "results.md").write_text(budget + "\n" + table)
-    print("\n" + budget + "\n" + table)
+    write_results(work, budget, table)
     mgpo("report", *runs, "--out", str(work / "report"), "--overwrite", env=env)
     print(f"report: {work / 'report' / 'index.html'}")
 

@@ -249,7 +249,7 @@ def test_lora_runs_resume_exactly_and_two_processes_equal_one(data: Path) -> Non
     """kill -9 during step 2 and ``--resume`` gives the uninterrupted run's metrics and adapter
     weights, bit for bit (the checkpoint holds the adapters in peft's format and loads as an
     adapter folder); DDP and FSDP2 on 2 processes give one process's metrics and final weights;
-    the hf engine's log-probs equal the trainer's at every step (also from FSDP's copy). The
+    the hf engine's log-probs equal the trainer's at every step (also FSDP's lockstep). The
     FSDP run exports an adapter folder, which ``mgpo eval`` takes through the run directory."""
     straight = data / "run-one"
     run_ok(launch(1, _args(data, straight)), data)
