@@ -37,6 +37,13 @@ It prints one JSON line per result (progress goes to stderr):
    the hf engine's).
 5. ``tiny_recipe``: the built-in tiny recipe trained on the GPU from scratch (``shapes`` colour
    level), with its held-out accuracy after the last step.
+
+``--lora`` runs checks 1-3 with LoRA instead (``model.lora.rank`` 64 on every attention and MLP
+projection of the language model, lr 1e-5; needs ``peft``): ``update_lora`` (peak memory against
+the plan, which then counts the bf16 base and the float32 adapters; the MFU counts what LoRA
+computes: no weight gradients for the frozen base, no backward through the frozen vision tower)
+and ``precision_lora`` (the fraction of adapter weights the first update changes, and of base
+weights, which must be 0).
 """
 
 from __future__ import annotations
@@ -146,8 +153,9 @@ def build(dry_run: bool, device: torch.device, image: int) -> tuple[Any, Any]:
     return model.eval(), io
 
 
-def train_config(dry_run: bool, sizes: dict) -> Any:
-    """The 3B recipe as the policy sees it: one on-policy optimizer step, hf rollout copy."""
+def train_config(dry_run: bool, sizes: dict, lora: bool = False) -> Any:
+    """The 3B recipe as the policy sees it: one on-policy optimizer step, hf rollout copy (with
+    ``lora``: rank-64 adapters, rank 4 in a dry run, at lr 1e-5)."""
     from stages.config import apply_overrides, build, load_recipe, parse_override
     from stages.train import TrainConfig
 
@@ -159,6 +167,8 @@ def train_config(dry_run: bool, sizes: dict) -> Any:
         "trainer.require_gpu": "false",
         "trainer.device": "cpu" if dry_run else "cuda",
     }
+    if lora:
+        settings.update({"model.lora.rank": 4 if dry_run else 64, "optim.lr": 1e-5})
     overrides = [parse_override(f"{k}={v}") for k, v in settings.items()]
     return build(TrainConfig, apply_overrides(load_recipe("qwen2_5_vl_3b"), overrides))
 
@@ -184,12 +194,16 @@ def synthetic_batch(io: Any, sizes: dict, width: int, seed: int) -> tuple[Any, d
     return StepBatch(groups), rows
 
 
-def flops(model: Any, batch: Any, rows: dict, io: Any) -> tuple[float, int]:
+def flops(model: Any, batch: Any, rows: dict, io: Any, lora: bool = False) -> tuple[float, int]:
     """Model FLOPs of one forward + backward over ``batch`` (see the module docstring), and the
-    number of tokens (prompt + response) it runs through."""
+    number of tokens (prompt + response) it runs through. Under LoRA the frozen weights get no
+    gradient (4 N T for the dense layers and the lm_head, not 6) and the frozen vision tower runs
+    forward only (2 N T); the adapters themselves are not counted."""
+    weights, vision_runs = (4, 2) if lora else (6, 6)
     text = model.config.text_config
     lm = model.model.language_model
-    dense = sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel()
+    dense = sum(p.numel() for n, p in lm.named_parameters() if ".lora_" not in n)
+    dense -= lm.embed_tokens.weight.numel()
     vision = sum(p.numel() for p in model.model.visual.parameters())
     total, tokens = 0.0, 0
     for group in batch.groups:
@@ -199,9 +213,10 @@ def flops(model: Any, batch: Any, rows: dict, io: Any) -> tuple[float, int]:
         for response in group.response_ids:
             length = prompt + len(response)
             tokens += length
-            total += 6 * dense * length + 6 * text.vocab_size * text.hidden_size * len(response)
+            total += weights * dense * length
+            total += weights * text.vocab_size * text.hidden_size * len(response)
             total += 6 * text.num_hidden_layers * text.hidden_size * length**2
-            total += 6 * vision * patches
+            total += vision_runs * vision * patches
     return total, tokens
 
 
@@ -235,17 +250,24 @@ def check_update(args: argparse.Namespace, sizes: dict, device: torch.device) ->
 
     log("building the random-weight Qwen2.5-VL-3B-architecture model")
     model, io = build(args.dry_run, device, sizes["image"])
-    config = train_config(args.dry_run, sizes)
+    config = train_config(args.dry_run, sizes, args.lora)
     policy = Policy(config, loaded=(model, io))
     peak = peak_tflops(device, args.peak_tflops)
     log(f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters; first update")
     before = {n: local(p).detach().cpu().clone() for n, p in model.named_parameters()}
     batch, rows = synthetic_batch(io, sizes, sizes["widths"][0], seed=0)
     update(policy, batch, rows, step=0)
-    changed, changed_bf16 = changed_fractions(before, policy)
+    if args.lora:  # the adapters move, the base does not
+        adapters = {n: v for n, v in before.items() if ".lora_" in n}
+        base = {n: v for n, v in before.items() if ".lora_" not in n}
+        emit({"check": "precision_lora", "lr": config.optim.lr,
+              "adapters_changed_fraction": changed_fractions(adapters, policy)[0],
+              "base_changed_fraction": changed_fractions(base, policy)[0]})  # fmt: skip
+    else:
+        changed, changed_bf16 = changed_fractions(before, policy)
+        emit({"check": "precision", "lr": config.optim.lr, "changed_fraction": changed})
+        emit({"check": "precision_if_bf16_weights", "changed_fraction": changed_bf16})
     del before
-    emit({"check": "precision", "lr": config.optim.lr, "changed_fraction": changed})
-    emit({"check": "precision_if_bf16_weights", "changed_fraction": changed_bf16})
     for step, width in enumerate(sizes["widths"], start=1):
         batch, rows = synthetic_batch(io, sizes, width, seed=step)
         if device.type == "cuda":
@@ -256,8 +278,9 @@ def check_update(args: argparse.Namespace, sizes: dict, device: torch.device) ->
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        work, tokens = flops(model, batch, rows, io)
-        record = {"check": "update", "width": width, "sequences": batch.size, "seconds": seconds}
+        work, tokens = flops(model, batch, rows, io, args.lora)
+        name = "update_lora" if args.lora else "update"
+        record = {"check": name, "width": width, "sequences": batch.size, "seconds": seconds}
         record["tokens_per_s"] = tokens / seconds  # prompt + response tokens
         record["response_tokens_per_s"] = metrics["trainer_tokens_per_s"]
         record["mfu"] = work / seconds / (peak * 1e12) if peak else None
@@ -377,6 +400,7 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's bf16 peak, for the MFU")
     parser.add_argument("--skip-tiny", action="store_true", help="no tiny-recipe training")
+    parser.add_argument("--lora", action="store_true", help="the update checks with LoRA")
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device (use --dry-run to run the toy sizes on a CPU)")

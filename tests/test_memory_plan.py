@@ -17,7 +17,8 @@ from stages.config import apply_overrides, build, load_recipe, parse_override
 from stages.errors import MgpoError
 from stages.models.architecture import architecture
 from stages.train import TrainConfig, human_bytes, plan_memory
-from stages.train.memory_plan import GIB, check_fits, layer_bytes
+from stages.train.memory_plan import GIB, layer_bytes
+from stages.train.plan_fit import check_fits
 
 GB80 = 80 * GIB
 

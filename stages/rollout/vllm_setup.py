@@ -54,10 +54,16 @@ def load_policy_io(model: str, trust_remote_code: bool = False) -> tuple[PolicyI
     """The PolicyIO and config of a model spec, without loading its weights (vLLM does)."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
+    from stages.models.adapters import is_adapter_folder
     from stages.models.loading import VISION_MODEL_TYPES, load_vision_processor, resolve_model
     from stages.models.policy_io import text_io, vision_io
 
     path = resolve_model(model)
+    if is_adapter_folder(path):
+        raise MgpoError(
+            f"model {model} is a LoRA adapter folder: the vllm backend loads model folders"
+            " (train with trainer.export: merged, the default) or use --backend hf"
+        )
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         try:

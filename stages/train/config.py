@@ -21,6 +21,25 @@ from stages.config import (
 )
 from stages.errors import MgpoError
 
+# The attention and MLP projections of Llama-style decoder layers (Llama, Qwen2, Qwen2.5-VL's
+# language model, Mistral, SmolLM2): what LoRA adapts by default.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters (``model.lora``; absent or null: every parameter trains). Only the adapters
+    train, with their AdamW state, in float32; the base weights are frozen and held in the
+    compute dtype. Adapters go on the language model only: the vision tower stays frozen."""
+
+    rank: PositiveInt = 16
+    alpha: PositiveFloat = 32.0  # the update is scaled by alpha / rank
+    # Dropout on the adapters' input during the update. 0 by default: with dropout the update's
+    # log-probs are noisy copies of the policy's, and so are the importance ratios.
+    dropout: UnitFloat = 0.0
+    # Linear layers of the language model whose name ends with one of these (peft's rule).
+    target_modules: tuple[str, ...] = LORA_TARGETS
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -31,6 +50,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     freeze_vision: bool = False
     gradient_checkpointing: bool = False
+    lora: LoraConfig | None = None  # e.g. --set model.lora.rank=16 turns LoRA on
 
 
 @dataclass(frozen=True)
@@ -138,6 +158,8 @@ class TrainerConfig:
     )
     wandb: bool = False
     require_gpu: bool = False  # refuse to start on a machine without a GPU
+    # final/ under model.lora: merged (a plain model folder) | adapter (a peft adapter folder)
+    export: str = "merged"
 
 
 @dataclass(frozen=True)
@@ -202,6 +224,7 @@ def check(config: TrainConfig) -> None:
     if config.trainer.strategy not in ("ddp", "fsdp"):
         raise MgpoError(f"trainer.strategy '{config.trainer.strategy}': expected ddp or fsdp")
     _check_plan(config.plan)
+    _check_lora(config)
     if config.trainer.collective_timeout_s <= 0:
         raise MgpoError(
             f"trainer.collective_timeout_s must be positive, got {config.trainer.collective_timeout_s}"
@@ -215,6 +238,16 @@ def check(config: TrainConfig) -> None:
         raise MgpoError(
             f"model.dtype '{config.model.dtype}': expected one of {', '.join(COMPUTE_DTYPES)}{hint}"
         )
+
+
+def _check_lora(config: TrainConfig) -> None:
+    lora, export = config.model.lora, config.trainer.export
+    if export not in ("merged", "adapter"):
+        raise MgpoError(f"trainer.export '{export}': expected merged or adapter")
+    if export == "adapter" and lora is None:
+        raise MgpoError("trainer.export adapter needs LoRA (model.lora): there is no adapter")
+    if lora is not None and not lora.target_modules:
+        raise MgpoError("model.lora.target_modules is empty: name at least one linear layer")
 
 
 def _check_plan(plan: PlanConfig) -> None:

@@ -41,9 +41,9 @@ from stages.train import dist
 from stages.train.config import TrainConfig
 from stages.train.data_order import Position, take
 from stages.train.live import LiveView
-from stages.train.memory_plan import check_fits, engine_share
 from stages.train.metrics_log import MetricsLog, step_metrics
 from stages.train.overlong import fitting_ids, write_report
+from stages.train.plan_fit import check_fits, engine_share
 from stages.train.policy import Policy
 from stages.train.run_dir import check_run_dir, write_run_dir
 from stages.train.samples import Group, StepBatch, read_groups

@@ -13,6 +13,13 @@ out its own slice of the prompts. The hf engine of every process generates with 
 module itself, in the compute dtype: under DDP each process holds it whole; under FSDP all
 generate in lockstep (:mod:`stages.train.generation`). A vllm engine holds weights of its own:
 :meth:`Policy.sync_rollout` streams the current ones into it, one full tensor at a time.
+
+LoRA (``model.lora``, :mod:`stages.train.lora`): the same module with adapters added in place
+before it is wrapped; only they train (optimizer, clipping, DDP buckets and FSDP reduce-scatters
+see only them), checkpoints hold only them, the KL reference is the module with its adapters
+scaled to zero (no copy), the hf engine generates with the adapted module, a vllm engine receives
+the merged weights (``W + scale B A`` under the base names, one layer at a time), and ``final/``
+is the merged model unless ``trainer.export: adapter``.
 """
 
 from __future__ import annotations
@@ -26,13 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
+from stages.models.adapters import ADAPTER_WEIGHTS
 from stages.models.loading import load_policy
 from stages.train import dist as distributed
 from stages.train import sharding
 from stages.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from stages.train.config import TrainConfig
 from stages.train.forward import LogprobModel, response_logprobs
+from stages.train.lora import Adapters
+from stages.train.sharding import unique_state
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16}
 DTYPES["bfloat16"] = torch.bfloat16
@@ -76,7 +87,10 @@ class Policy:
             device="cpu" if self.fsdp else self.dist.device,
             trust_remote_code=config.model.trust_remote_code,
         )
-        if config.model.freeze_vision:
+        self.adapters: Adapters | None = None
+        if config.model.lora is not None:  # before any copy or wrapper: they all see them
+            self.adapters = Adapters.add(model, config.model.lora, config.model.name, self.dtype)
+        elif config.model.freeze_vision:
             freeze_vision(model)
         if config.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(
@@ -84,7 +98,7 @@ class Policy:
             )
         self.module = model
         self.reference = None
-        if config.algo.kl_coef > 0:  # copied before sharding (FSDP modules cannot be copied)
+        if config.algo.kl_coef > 0 and self.adapters is None:  # copied before sharding
             ref = LogprobModel(copy.deepcopy(model).requires_grad_(False), self.dtype)
             self.reference = sharding.shard(ref, self.dist, self.dtype) if self.fsdp else ref
         self.model = self._wrap(LogprobModel(model, self.dtype))
@@ -154,6 +168,18 @@ class Policy:
 
     # -- log-probs without gradient ---------------------------------------------------------------
 
+    def reference_logprobs(
+        self, rows: list[dict], responses: list[list[int]]
+    ) -> list[torch.Tensor] | None:
+        """Log-probs under the initial policy for the KL term (None without one): its frozen
+        copy, or under LoRA the policy itself with its adapters off."""
+        if self.config.algo.kl_coef <= 0:
+            return None
+        if self.adapters is None:
+            return self.frozen_logprobs(self.reference, rows, responses)
+        with self.adapters.off(self.module):
+            return self.frozen_logprobs(self.model, rows, responses)
+
     def frozen_logprobs(
         self, model: Any, rows: list[dict], responses: list[list[int]]
     ) -> list[torch.Tensor]:
@@ -212,22 +238,41 @@ class Policy:
         iterate to the end)."""
         return sharding.full_tensors(self.module.named_parameters())
 
+    def rollout_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """What a vllm engine receives after an update (collective, as :meth:`full_parameters`):
+        every parameter, or under LoRA the merged weights under the base model's names (vLLM's
+        model has no adapters: ``W + scale B A`` per adapted layer, the rest as they are)."""
+        if self.adapters is None:
+            return self.full_parameters()
+        return self.adapters.merged(self.full_parameters())
+
     def sync_rollout(self, engine: Any) -> None:
         """Stream the current weights into a rollout engine that holds its own (vllm): full
         tensors, gathered one at a time from the FSDP shards, on this process's device (every
         process calls this: the gathers are collective). The hf engine shares the module."""
         if getattr(engine, "model", None) is self.module:
             return
-        engine.update_weights(self.full_parameters())
+        engine.update_weights(self.rollout_tensors())
+
+    def _weights(self) -> tuple[str, dict[str, torch.Tensor]]:
+        """What a checkpoint holds, and its file stem: every tensor, or under LoRA the adapters
+        in peft's format (a DDP checkpoint then loads as an adapter folder)."""
+        if self.adapters is None:
+            return "model", unique_state(self.module)
+        return "adapter_model", self.adapters.state(self.module)
+
+    def _write_model_files(self, folder: Path) -> None:
+        """The model's config (or peft's adapter config) and the processor files."""
+        if self.adapters is None:
+            self.module.config.save_pretrained(folder)
+        else:
+            self.adapters.write_config(folder)
+        self.io.save_pretrained(folder)
 
     def save(self, run_dir: Path, step: int, trainer_state: dict[str, Any]) -> None:
         """Checkpoint ``step``: weights, optimizer moments, RNG and ``trainer_state`` (every
         process writes its part)."""
-
-        def extras(folder: Path) -> None:
-            self.module.config.save_pretrained(folder)
-            self.io.save_pretrained(folder)
-
+        stem, weights = self._weights()
         save_checkpoint(
             run_dir,
             step,
@@ -236,7 +281,9 @@ class Policy:
             self.optimizer,
             {**trainer_state, "opt_steps": self.opt_steps},
             self.config.trainer.keep_last,
-            extras,
+            self._write_model_files,
+            weights=weights,
+            stem=stem,
         )
 
     def restore(self, run_dir: Path) -> dict[str, Any] | None:
@@ -245,20 +292,33 @@ class Policy:
         found = checkpoint_dirs(run_dir)
         if not found:
             return None
-        state = load_checkpoint(found[-1], self.dist, self.module, self.optimizer)
+        stem, weights = self._weights()
+        state = load_checkpoint(
+            found[-1], self.dist, self.module, self.optimizer, weights=weights, stem=stem
+        )
         self.opt_steps = int(state.get("opt_steps", 0))
         return state
 
     def export(self, folder: Path) -> None:
-        """The policy as a plain float32 model folder (``--model RUN/final`` loads it), gathered
-        collectively; the main process holds the whole state in host memory while it writes."""
-        gathered = sharding.full_tensors(sharding.unique_state(self.module), cpu=True)
-        full = {name: tensor for name, tensor in gathered if self.dist.is_main}
+        """The policy as a plain float32 model folder (``--model RUN/final`` loads it; under
+        LoRA the merged model), or with ``trainer.export: adapter`` a peft adapter folder;
+        gathered collectively, the main process holding the whole state in host memory."""
+        adapter_only = self.adapters is not None and self.config.trainer.export == "adapter"
+        state = self._weights()[1] if adapter_only else unique_state(self.module)
+        gathered = sharding.full_tensors(state, cpu=True)
+        if self.adapters is not None and not adapter_only:
+            gathered = self.adapters.merged(gathered)
+        full = {name: tensor.float() for name, tensor in gathered if self.dist.is_main}
         if self.dist.is_main:
             tmp = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            self.module.save_pretrained(tmp, state_dict=full)
-            self.io.save_pretrained(tmp)
+            if adapter_only:
+                tmp.mkdir(parents=True)
+                save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / ADAPTER_WEIGHTS))
+                self._write_model_files(tmp)
+            else:
+                self.module.save_pretrained(tmp, state_dict=full)
+                self.io.save_pretrained(tmp)
             shutil.rmtree(folder, ignore_errors=True)
             tmp.replace(folder)
         self.dist.barrier()

@@ -78,11 +78,7 @@ def update(
     else:
         old = policy.frozen_logprobs(policy.model, sample_rows, responses) if frozen_old else None
     fresh: dict[int, torch.Tensor] = {}  # on-policy: the update's own detached log-probs
-    ref = (
-        None
-        if policy.reference is None
-        else policy.frozen_logprobs(policy.reference, sample_rows, responses)
-    )
+    ref = policy.reference_logprobs(sample_rows, responses)
     tensors = step_tensors(config, engine_logprobs, responses, ref, entropy)
     timings["logprobs_s"] = time.perf_counter() - started
     started = time.perf_counter()
