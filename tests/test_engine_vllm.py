@@ -482,14 +482,17 @@ def test_resume_hands_the_checkpoints_weights_to_the_engine(vllm_train):
     assert got["reward_mean"] == want["reward_mean"]
 
 
-def test_two_processes_train_with_an_engine_each(vllm_train):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_train_with_an_engine_each(vllm_train, strategy):
     """``accelerate launch --num_processes 2 mgpo train``: each process rolls out its half of
     the prompts with its own colocated engine (vLLM's external_launcher); the samples, rewards and
-    updates are the one-process run's, and each engine follows every update."""
+    updates are the one-process run's, and each engine follows every update (under FSDP2 each
+    full tensor is gathered from the shards and streamed into both engines)."""
     from helpers import launch_cli
 
     root, args, single = vllm_train
-    run = root / "two"
+    run = root / f"two-{strategy}"
+    args = [*args, "--set", f"trainer.strategy={strategy}"]
     result = launch_cli(2, "train", *args, "--steps", "3", "--run-dir", run, env=ENV, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = _metric_rows(single), _metric_rows(run)

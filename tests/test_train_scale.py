@@ -34,13 +34,21 @@ TIMING_KEYS = {"rollout_s", "score_s", "logprobs_s", "update_s", "step_time_s"}
 TIMING_KEYS |= {"trainer_tokens_per_s", "weight_sync_s"}
 # The two settings every distributed comparison runs: the on-policy update (old log-probs from
 # the update's own forward, trainable vision tower), and two mini-batches (frozen old
-# log-probs) with a KL reference and a frozen vision tower.
+# log-probs) with a KL reference and a frozen vision tower, validating after every step (5
+# validation prompts: 3 on one process, 2 on the other; the path is relative to the runs' folder).
 # A third runs the loss options whose statistics span the whole step (the high-entropy mask's
 # threshold, from the frozen pass every process shares; the rollout correction; batch reward
 # scaling) with a token-mean loss, on 2 FSDP processes against one.
 CASES = {
     "on-policy": {"optim.mini_batches": 1},
-    "frozen-kl": {"optim.mini_batches": 2, "algo.kl_coef": 0.05, "model.freeze_vision": "true"},
+    "frozen-kl": {
+        "optim.mini_batches": 2,
+        "algo.kl_coef": 0.05,
+        "model.freeze_vision": "true",
+        "data.val": "mixed",
+        "data.val_limit": 5,
+        "trainer.val_every": 1,
+    },
     "loss-options": {
         "algo.name": "dapo",
         "rollout.max_new_tokens": 2,
@@ -120,12 +128,17 @@ def metrics(run: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(x).items() if k not in TIMING_KEYS} for x in lines]
 
 
+def training(rows: list[dict]) -> list[dict]:
+    """The steps' metrics (without the validation before the first step, logged as step 0)."""
+    return [row for row in rows if row["step"] > 0]
+
+
 def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "final" / "model.safetensors"))
 
 
-def step_rows(run: Path, step: int) -> dict[tuple[str, int], dict]:
-    folder = run / "steps" / f"step-{step:06d}" / "rollouts"
+def step_rows(run: Path, step: int, name: str = "") -> dict[tuple[str, int], dict]:
+    folder = run / "steps" / f"step-{step:06d}" / f"{name}rollouts"
     rows = list(open_shards(folder, "rollouts").iter_rows())
     keyed = {(r["prompt_id"], r["sample"]): r for r in rows}
     assert len(keyed) == len(rows)  # no sample twice
@@ -271,7 +284,7 @@ def test_ddp_and_fsdp_on_two_processes_match_one(runs: Runs, tiny_model_dir: Pat
     and weights, with text-only micro-batches on either process; FSDP on one process too. Every
     process rolls out its half of the prompts with the trained module (FSDP: all generating in
     lockstep with the sharded one): the step's rollout set has every sample once, the
-    one-process samples, and the engines follow every update."""
+    one-process samples, and the engines follow every update; so do the validation rollouts."""
     one = runs.get(case, 1, "ddp")
     others = [runs.get(case, 2, "fsdp")]
     if case != "loss-options":
@@ -280,7 +293,7 @@ def test_ddp_and_fsdp_on_two_processes_match_one(runs: Runs, tiny_model_dir: Pat
         others.append(runs.get(case, 1, "fsdp"))
     start = load_file(str(tiny_model_dir / "model.safetensors"))
     for other in others:
-        a, b = metrics(one), metrics(other)
+        a, b = training(metrics(one)), training(metrics(other))
         for x, y in zip(a, b, strict=True):
             assert x["reward_mean"] == y["reward_mean"] and x["tokens"] == y["tokens"]
             assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
@@ -299,11 +312,19 @@ def test_ddp_and_fsdp_on_two_processes_match_one(runs: Runs, tiny_model_dir: Pat
         # samples weights that differ by the float noise Adam amplified in step 1's update.
         for step, tolerance in ((1, 1e-5), (2, 1e-4)):
             assert_same_rollouts(step_rows(one, step), step_rows(other, step), tolerance)
+        if case == "frozen-kl":  # validation (before step 1, after each): each process its share
+            assert [m["val_reward"] for m in metrics(one)] == [
+                m["val_reward"] for m in metrics(other)
+            ]
+            for step in (0, 1, 2):
+                val = step_rows(one, step, "val-")
+                assert len(val) == 5  # greedy, one sample each
+                assert_same_rollouts(val, step_rows(other, step, "val-"), 1e-4)
         assert [m["processes"] for m in b] == [float(other.name[-1])] * 2
         assert a[0]["grad_norm"] > 0
         assert_same_update(start, weights(one), weights(other))
     if case == "frozen-kl":
-        assert metrics(one)[1]["kl"] > 0
+        assert training(metrics(one))[1]["kl"] > 0
         vision = [k for k in start if ".visual." in f".{k}" or k.startswith("visual.")]
         final = weights(others[1])
         assert vision and all(torch.equal(final[k], start[k]) for k in vision)
