@@ -19,6 +19,14 @@ Seeds: micro-batch ``k`` samples under ``torch.manual_seed`` of a seed derived f
 ``(seed, k)`` inside a forked RNG, so results repeat for the same seed, rows, ``n`` and
 ``micro_batch_size`` (a different micro-batch size gives different, equally valid samples) and
 the caller's global RNG is untouched.
+
+Shared prompts (``share_prompts=True``, the default): the rows of a micro-batch that repeat one
+prompt (its ``n`` samples) are prefilled once. One forward over the distinct prompts, all but
+their last token, fills a KV cache (the images go through the vision tower there, once per
+prompt); the cache rows are then repeated for the samples and ``generate`` continues from it with
+every sample's full prompt, exactly as a cache-continuation call. Positions are those ``generate``
+gives the whole prompt (Qwen-VL: its 3-D M-RoPE positions and per-row offsets), so samples and
+log-probs are today's for the same seed, up to float rounding (tested).
 """
 
 from __future__ import annotations
@@ -84,6 +92,9 @@ class _Sampler:
         return torch.stack(self.taken, dim=1) if self.taken else torch.zeros(len(last_tokens), 0)
 
 
+_IMAGE_INPUTS = ("pixel_values", "image_grid_thw")
+
+
 def _chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
@@ -123,6 +134,7 @@ class HFEngine:
         *,
         micro_batch_size: int = 8,
         logprobs: str = "policy",
+        share_prompts: bool = True,
     ):
         check_logprob_mode(logprobs)
         if micro_batch_size < 1:
@@ -131,6 +143,7 @@ class HFEngine:
         self.io = io
         self.micro_batch_size = micro_batch_size
         self.logprobs_mode = logprobs
+        self.share_prompts = share_prompts
         self._banned = torch.tensor(io.banned_token_ids, dtype=torch.long)
 
     @classmethod
@@ -162,9 +175,13 @@ class HFEngine:
         with _generation_mode(self.model):
             for k, start in enumerate(range(0, len(pairs), self.micro_batch_size)):
                 chunk = pairs[start : start + self.micro_batch_size]
-                rows = [prompt_rows[p] for p in chunk]
                 samples = self._generate_batch(
-                    rows, temperature, top_p, max_new_tokens, _chunk_seed(seed, k)
+                    [prompt_rows[p] for p in chunk],
+                    chunk,
+                    temperature,
+                    top_p,
+                    max_new_tokens,
+                    _chunk_seed(seed, k),
                 )
                 for p, sample in zip(chunk, samples, strict=True):
                     out[p].append(sample)
@@ -173,14 +190,32 @@ class HFEngine:
     def _generate_batch(
         self,
         rows: Sequence[Mapping[str, Any]],
+        prompts: Sequence[int],
         temperature: float,
         top_p: float,
         max_new_tokens: int,
         seed: int,
     ) -> list[Sample]:
+        """Samples for ``rows`` (``prompts[i]``: which prompt row ``i`` is, to share prefills)."""
         from transformers import GenerationConfig, LogitsProcessorList
 
-        batch = self.io.encode(rows, padding_side="left").to(self.device)
+        distinct = list(dict.fromkeys(prompts))
+        shared = self.share_prompts and len(distinct) < len(prompts)
+        first = [prompts.index(p) for p in distinct]
+        batch = self.io.encode(
+            [rows[i] for i in first] if shared else rows, padding_side="left"
+        ).to(self.device)
+        inputs: dict[str, Any] = batch.inputs
+        if shared and inputs["input_ids"].shape[1] > 1:
+            repeat = torch.tensor([distinct.index(p) for p in prompts], device=self.device)
+            inputs = {
+                "input_ids": inputs["input_ids"][repeat],
+                "attention_mask": inputs["attention_mask"][repeat],
+                "past_key_values": self._prefill(batch.inputs, repeat),
+            }
+        elif shared:  # one-token prompts: nothing to prefill; generate from the full rows
+            batch = self.io.encode(rows, padding_side="left").to(self.device)
+            inputs = batch.inputs
         sampler = _Sampler(temperature, top_p, self._banned, self.logprobs_mode)
         # Our sampler does temperature, top-p and banning: switch off every built-in warper.
         warpers = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}
@@ -195,16 +230,45 @@ class HFEngine:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             sequences = self.model.generate(
-                **batch.inputs,
+                **inputs,
                 generation_config=config,
                 logits_processor=LogitsProcessorList([sampler]),
             )
-        generated = sequences[:, batch.inputs["input_ids"].shape[1] :].cpu()
+        generated = sequences[:, inputs["input_ids"].shape[1] :].cpu()
         logprobs = sampler.finish(sequences[:, -1]).cpu()
         return [
             finish_sample(self.io, ids.tolist(), lps.tolist())
             for ids, lps in zip(generated, logprobs, strict=True)
         ]
+
+    def _prefill(self, inputs: dict[str, torch.Tensor], repeat: torch.Tensor) -> Any:
+        """KV cache of the distinct left-padded prompts but their last token, its rows repeated
+        as ``repeat`` says; for Qwen-VL also the M-RoPE offsets ``generate`` continues from.
+
+        The positions are those ``generate`` would give the whole prompts: the model's own 3-D
+        positions with images, else ``cumsum(mask) - 1`` (padding at 0)."""
+        from transformers import DynamicCache
+
+        head = {k: v[:, :-1] for k, v in inputs.items() if k not in _IMAGE_INPUTS}
+        inner = getattr(self.model, "model", None)
+        rope = inner is not None and hasattr(inner, "rope_deltas")
+        if "image_grid_thw" in inputs:
+            head.update({k: v for k, v in inputs.items() if k in _IMAGE_INPUTS})
+            inner.rope_deltas = None  # recomputed from this prompt batch
+        else:
+            mask = head["attention_mask"]
+            head["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=self.model.config)
+        self.model(**head, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        if rope:
+            deltas = inner.rope_deltas if "image_grid_thw" in inputs else None
+            if deltas is None:
+                deltas = torch.zeros(
+                    len(head["input_ids"]), 1, dtype=torch.long, device=self.device
+                )
+            inner.rope_deltas = deltas[repeat]
+        cache.batch_select_indices(repeat)
+        return cache
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy tensors into the model's parameters/buffers by name (tied names included)."""
