@@ -88,10 +88,18 @@ class TrainerConfig:
     keep_last: int = 2
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     strategy: str = "ddp"  # ddp (every process holds the whole model) | fsdp (FSDP2 sharding)
+    # Encode each prompt once per group in the old log-probs and the update (one packed row per
+    # prompt, stages/train/shared_prefix.py): on | off | auto (on where it costs less). YAML
+    # reads a bare on / off as true / false: both spellings are accepted.
+    shared_prefix: str | bool = "auto"
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 0  # torch CPU threads (0: torch's default); 1 is fastest for tiny models
     wandb: bool = False
     require_gpu: bool = False  # refuse to start on a machine without a GPU
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shared_prefix, bool):
+            object.__setattr__(self, "shared_prefix", "on" if self.shared_prefix else "off")
 
 
 @dataclass(frozen=True)
@@ -161,6 +169,10 @@ def check(config: TrainConfig) -> None:
         )
     if config.trainer.strategy not in ("ddp", "fsdp"):
         raise MgpoError(f"trainer.strategy '{config.trainer.strategy}': expected ddp or fsdp")
+    if config.trainer.shared_prefix not in ("auto", "on", "off"):
+        raise MgpoError(
+            f"trainer.shared_prefix '{config.trainer.shared_prefix}': expected auto, on or off"
+        )
     _check_plan(config.plan)
     if config.trainer.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise MgpoError(

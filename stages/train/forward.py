@@ -8,6 +8,11 @@ prompt's. Log-probs and entropy then come from the chunked
 :func:`stages.train.logprobs.logprobs_from_logits`, which never builds a second
 ``[tokens, vocab]`` log-softmax copy. Results are returned left-aligned: column ``j`` is the
 ``j``-th response token, as in the rollout shards.
+
+With ``shared_prefix`` the samples that share a prompt row go through one packed row instead
+(:mod:`stages.train.shared_prefix`): same log-probs, entropies and gradients, the prompt encoded
+once. ``"auto"`` packs a micro-batch only where that costs less than the standard forward
+(:func:`~stages.train.shared_prefix.saves_work`) and the model's attention takes a block mask.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import Tensor
 
 from stages.models.logprobs import forward_inputs
 from stages.models.policy_io import PolicyIO
+from stages.train import shared_prefix as sp
 from stages.train.logprobs import logprobs_from_logits
 
 
@@ -39,9 +45,16 @@ def response_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = True,
+    shared_prefix: str = "off",
 ) -> ResponseLogprobs:
-    """Log-probs (at ``temperature``) of ``responses[i]`` following prompt ``rows[i]``."""
+    """Log-probs (at ``temperature``) of ``responses[i]`` following prompt ``rows[i]``;
+    ``shared_prefix`` (off | on | auto) packs the samples that share a row object."""
     device = next(model.parameters()).device
+    temperature = temperature if temperature > 0 else 1.0
+    if shared_prefix != "off":
+        packed = _packed(model, io, rows, responses, shared_prefix)
+        if packed is not None:
+            return _packed_logprobs(model, packed, device, temperature, with_entropy)
     batch = io.encode(rows, responses, padding_side="left").to(device)
     lengths = batch.response_mask.sum(1)
     width = max(int(lengths.max().item()), 1)
@@ -49,10 +62,7 @@ def response_logprobs(
     logits = out.logits[:, -(width + 1) : -1]  # position t-1 predicts token t
     targets = batch.inputs["input_ids"][:, -width:]
     result = logprobs_from_logits(
-        logits,
-        targets,
-        temperature=temperature if temperature > 0 else 1.0,
-        with_entropy=with_entropy,
+        logits, targets, temperature=temperature, with_entropy=with_entropy
     )
     # Right-aligned (row i's response fills its last len_i columns) -> left-aligned.
     columns = torch.arange(width, device=device)
@@ -63,3 +73,47 @@ def response_logprobs(
     if result.entropy is not None:
         entropy = torch.gather(result.entropy, 1, source).masked_fill(~mask, 0.0)
     return ResponseLogprobs(logp=logp, entropy=entropy, mask=mask)
+
+
+def _packed(
+    model: Any,
+    io: PolicyIO,
+    rows: Sequence[Mapping[str, Any]],
+    responses: Sequence[Sequence[int]],
+    mode: str,
+) -> sp.Packed | None:
+    """The packed rows for this micro-batch, or None where ``auto`` finds no saving."""
+    inner = getattr(model, "module", model)  # under DDP, the model it wraps
+    if mode == "on":
+        sp.check_supported(inner)
+    elif not sp.supported(inner) or len(sp.units_of(rows)) == len(rows):
+        return None
+    packed = sp.pack(
+        io,
+        rows,
+        responses,
+        rope_index=getattr(inner.base_model, "get_rope_index", None),
+        attention=sp.attention_implementation(inner),
+    )
+    hidden = inner.config.get_text_config().hidden_size
+    if mode == "auto" and not sp.saves_work(packed.prompt_lengths, packed.unit_lengths, hidden):
+        return None
+    return packed
+
+
+def _packed_logprobs(
+    model: Any, packed: sp.Packed, device: torch.device, temperature: float, with_entropy: bool
+) -> ResponseLogprobs:
+    """Log-probs of the packed forward, only the predicting positions' logits computed."""
+    keep = torch.unique(packed.index % packed.width)  # sorted positions needed in any row
+    inputs = {k: v.to(device) for k, v in packed.inputs.items()}
+    out = model(**inputs, use_cache=False, logits_to_keep=keep.to(device))
+    logits = out.logits.reshape(-1, out.logits.shape[-1])
+    rows, columns = packed.index // packed.width, packed.index % packed.width
+    flat = (rows * len(keep) + torch.searchsorted(keep, columns)).to(device)
+    result = logprobs_from_logits(
+        logits[flat], packed.targets.to(device), temperature=temperature, with_entropy=with_entropy
+    )
+    mask = packed.mask.to(device)
+    entropy = None if result.entropy is None else result.entropy.masked_fill(~mask, 0.0)
+    return ResponseLogprobs(result.logp.masked_fill(~mask, 0.0), entropy, mask)

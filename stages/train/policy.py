@@ -18,6 +18,7 @@ import torch
 
 from stages.errors import MgpoError
 from stages.models.loading import load_policy
+from stages.train import batching
 from stages.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from stages.train.config import TrainConfig
 from stages.train.forward import response_logprobs
@@ -76,26 +77,31 @@ class Policy:
         return t if t > 0 else 1.0
 
     def frozen_logprobs(
-        self, model: Any, rows: list[dict], responses: list[list[int]]
+        self, model: Any, rows: list[dict], responses: list[list[int]], group_ids: list[int]
     ) -> list[torch.Tensor]:
         """Per-sample log-probs under ``model`` without gradient: the policy before this step's
         first update (the old log-probs), or the reference policy for the KL term.
 
-        Each process computes every ``world``-th sample, in the same number of forwards (a
-        process short of samples repeats one), and one all-reduce of a zero-filled table shares
-        them: exact, since every entry has a single non-zero contribution.
+        Each process computes its share of the samples (whole groups with the shared-prefix
+        forward; see :mod:`stages.train.batching`) in the same number of forwards (a process
+        short of samples repeats one), and one all-reduce of a zero-filled table shares them:
+        exact, since every entry has a single non-zero contribution.
         """
         acc = self.accelerator
-        world, rank = acc.num_processes, acc.process_index
-        mine = list(range(rank, len(rows), world))
-        per_rank = -(-len(rows) // world)
-        size = self.config.optim.micro_batch
+        shared = self.config.trainer.shared_prefix
+        micro = batching.micro_batches(
+            range(len(rows)),
+            group_ids,
+            self.config.optim.micro_batch,
+            acc.num_processes,
+            acc.process_index,
+            grouped=shared != "off",
+        )
         width = max([len(r) for r in responses] + [1])
         table = torch.zeros(len(rows), width, device=acc.device)
         with torch.no_grad():
-            for start in range(0, per_rank, size):
-                chunk = mine[start : start + size]
-                indices = chunk or [0]  # an idle process still runs its share of forwards
+            for chunk in micro:
+                indices = [0 if i is None else i for i in chunk]  # idle: a forward all the same
                 result = response_logprobs(
                     model,
                     self.io,
@@ -103,10 +109,12 @@ class Policy:
                     [responses[i] for i in indices],
                     temperature=self.temperature,
                     with_entropy=False,
+                    shared_prefix=shared,
                 )
                 for k, i in enumerate(chunk):
-                    table[i, : len(responses[i])] = result.logp[k, : len(responses[i])].float()
-        if world > 1:
+                    if i is not None:
+                        table[i, : len(responses[i])] = result.logp[k, : len(responses[i])].float()
+        if acc.num_processes > 1:
             table = acc.reduce(table, reduction="sum")
         table = table.cpu()
         return [table[i, : len(responses[i])] for i in range(len(rows))]

@@ -6,9 +6,12 @@ rollout batch the update's own forward runs on the policy that sampled, so its d
 are the old log-probs exactly (ratio 1); more steps need them frozen up front
 (:meth:`Policy.frozen_logprobs`).
 
-Distribution: every process takes ``mini[rank::world]`` and runs the same number of
-micro-batches; loss normalisers are the mini-batch's global counts and DDP averages gradients, so
-each micro-batch loss is scaled by ``world`` and K processes give the update of one.
+Mini-batches are sets of whole groups; how a mini-batch is cut into micro-batches and spread
+over the processes (:mod:`stages.train.batching`) follows ``trainer.shared_prefix``: whole groups
+per micro-batch for the shared-prefix forward, else ``mini[rank::world]``. Every process runs the
+same number of micro-batches; loss normalisers are the mini-batch's global counts and DDP averages
+gradients, so each micro-batch loss is scaled by ``world`` and K processes give the update of one,
+whatever the cut.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import torch
 
-from stages.train import algos, loss_metrics
+from stages.train import algos, batching, loss_metrics
 from stages.train.config import TrainConfig
 from stages.train.forward import response_logprobs
 from stages.train.policy import Policy
@@ -71,23 +74,18 @@ def update(
     started = time.perf_counter()
     if frozen_old is None:
         frozen_old = config.optim.epochs * config.optim.mini_batches > 1
-    old = policy.frozen_logprobs(policy.model, sample_rows, responses) if frozen_old else None
+    frozen = (sample_rows, responses, group_ids)
+    old = policy.frozen_logprobs(policy.model, *frozen) if frozen_old else None
     fresh: dict[int, torch.Tensor] = {}  # on-policy: the update's own detached log-probs
-    ref = (
-        None
-        if policy.reference is None
-        else policy.frozen_logprobs(policy.reference, sample_rows, responses)
-    )
+    ref = None if policy.reference is None else policy.frozen_logprobs(policy.reference, *frozen)
     timings["logprobs_s"] = time.perf_counter() - started
     started = time.perf_counter()
     order_rng = random.Random(step_seed(config.trainer.seed, step, "shuffle"))
     collected: list[dict[str, float]] = []  # per micro-batch; see loss_metrics
     grad_norms: list[float] = []
-    inputs = _Inputs(sample_rows, responses, old, ref, advantages, params, fresh)
+    inputs = _Inputs(sample_rows, responses, group_ids, old, ref, advantages, params, fresh)
     for _ in range(config.optim.epochs):
-        order = list(range(len(responses)))
-        order_rng.shuffle(order)
-        minis = [order[i :: config.optim.mini_batches] for i in range(config.optim.mini_batches)]
+        minis = batching.group_mini_batches(group_ids, config.optim.mini_batches, order_rng)
         for mini in minis:
             if mini:
                 grad_norms.append(_optimizer_step(policy, mini, inputs, collected))
@@ -121,8 +119,9 @@ def update(
 class _Inputs:
     """The per-sample inputs every optimizer step of a training step reads."""
 
-    rows: list[dict]  # prompt row of each sample
+    rows: list[dict]  # prompt row of each sample (one object per prompt)
     responses: list[list[int]]
+    group_ids: list[int]
     old: list[torch.Tensor] | None  # frozen old log-probs, or None: on-policy
     ref: list[torch.Tensor] | None  # reference log-probs for the KL term
     advantages: torch.Tensor
@@ -160,13 +159,10 @@ def _optimizer_step(
     }
     accepted = algos.options(config.algo.name)
     step_params = {**inputs.params, **{k: v for k, v in normalisers.items() if k in accepted}}
-    per_rank = -(-len(mini) // world)
-    local = mini[rank::world]
-    padded = local + [None] * (per_rank - len(local))  # None: a masked-off placeholder
-    micro = [
-        padded[i : i + config.optim.micro_batch]
-        for i in range(0, per_rank, config.optim.micro_batch)
-    ]
+    shared = config.trainer.shared_prefix
+    micro = batching.micro_batches(
+        mini, inputs.group_ids, config.optim.micro_batch, world, rank, grouped=shared != "off"
+    )
     for group in policy.optimizer.param_groups:
         group["lr"] = lr_at(policy.opt_steps, config)
     for k, chunk in enumerate(micro):
@@ -184,6 +180,7 @@ def _optimizer_step(
                 [inputs.rows[i] for i in indices],
                 [responses[i] for i in indices],
                 temperature=policy.temperature,
+                shared_prefix=shared,
             )
             width = result.logp.shape[1]
             device = result.logp.device
