@@ -86,11 +86,11 @@ def samples(rows: list[dict]) -> tuple[list[dict], list[list[int]]]:
     return [rows[p] for p in LAYOUT], RESPONSES
 
 
-def loss_and_grads(model, io, rows, responses, mode: str):
+def loss_and_grads(model, io, rows, responses, shared: bool):
     """A loss that uses every log-prob and entropy with different weights, and its gradients."""
     model.train()
     model.zero_grad(set_to_none=True)
-    result = response_logprobs(model, io, rows, responses, temperature=0.7, shared_prefix=mode)
+    result = response_logprobs(model, io, rows, responses, temperature=0.7, shared_prefix=shared)
     weights = torch.linspace(-1.0, 1.0, result.logp.numel()).view_as(result.logp)
     loss = (result.logp * weights).sum() + 0.3 * result.entropy.sum()
     loss.backward()
@@ -105,8 +105,8 @@ def test_packed_forward_equals_the_standard_forward(tiny_model_dir, kind):
     model, io = policy(kind)
     assert sp.attention_implementation(model) == ("eager" if "eager" in kind else "sdpa")
     rows, responses = samples(vision_rows() if kind == "tiny" else text_rows())
-    want, want_grads = loss_and_grads(model, io, rows, responses, "off")
-    got, got_grads = loss_and_grads(model, io, rows, responses, "on")
+    want, want_grads = loss_and_grads(model, io, rows, responses, False)
+    got, got_grads = loss_and_grads(model, io, rows, responses, True)
     assert torch.equal(got.mask, want.mask)
     torch.testing.assert_close(got.logp, want.logp, atol=1e-5, rtol=0)
     torch.testing.assert_close(got.entropy, want.entropy, atol=1e-5, rtol=0)
@@ -159,16 +159,30 @@ def test_block_mask_by_hand():
     assert float(additive[4, 2]) == torch.finfo(torch.float32).min and float(additive[4, 4]) == 0
 
 
-def test_unsupported_attention_is_refused_on_and_skipped_by_auto(tiny_policy):
+def test_decide_on_off_auto_and_unsupported_attention():
+    """One decision per step: ``on`` refuses an attention without block masks, ``auto`` packs
+    where it saves work (and never with such an attention), ``off`` never packs."""
     model, io = load_policy("tiny-text", dtype="float32")
-    model.config._attn_implementation = "flash_attention_2"  # no kernel here: the name only
     rows, responses = samples(text_rows())
+    units = [[0, 2, 4], [1], [3, 5]]
+    assert sp.decide("auto", model, io, rows, units, responses)
+    assert not sp.decide("off", model, io, rows, units, responses)
+    assert sp.decide("on", model, io, rows, [[0], [1]], responses)
+    long = [[1] * 400] * len(responses)  # long responses to short prompts: the square dominates
+    assert not sp.decide("auto", model, io, rows, units, long)
+    model.config._attn_implementation = "flash_attention_2"  # no kernel here: the name only
     with pytest.raises(MgpoError, match="trainer.shared_prefix on: attention 'flash_attention_2'"):
-        response_logprobs(model, io, rows, responses, shared_prefix="on")
-    model.config._attn_implementation = "sdpa"
-    auto = response_logprobs(model, io, rows, responses, shared_prefix="auto")
-    off = response_logprobs(model, io, rows, responses, shared_prefix="off")
-    torch.testing.assert_close(auto.logp, off.logp, atol=1e-5, rtol=0)
+        sp.decide("on", model, io, rows, units, responses)
+    assert not sp.decide("auto", model, io, rows, units, responses)
+
+
+def test_prompt_lengths_without_pixels_equal_the_encoded_lengths(tiny_policy):
+    _, io = tiny_policy
+    rows = vision_rows()
+    assert io.prompt_lengths(rows) == [len(io.encode([r]).inputs["input_ids"][0]) for r in rows]
+    _, text = load_policy("tiny-text")
+    rows = text_rows()
+    assert text.prompt_lengths(rows) == [len(text.encode([r]).inputs["input_ids"][0]) for r in rows]
 
 
 def test_saves_work_weighs_prompt_tokens_against_attention():
@@ -207,11 +221,9 @@ def test_micro_batches_cover_the_mini_batch_once_with_equal_counts(grouped, worl
     seen = [s for p in plans for micro in p for s in micro if s is not None]
     assert sorted(seen) == mini
     assert all(0 < len(micro) <= size for p in plans for micro in p)
-    if grouped:  # a group is cut only where it is larger than a micro-batch
+    if grouped:  # a group is cut only where it is larger than a micro-batch, into equal parts
         for p in plans:
             for micro in p:
                 for g in {group_ids[s] for s in micro if s is not None}:
-                    assert sum(1 for s in micro if s is not None and group_ids[s] == g) in (
-                        min(size, group_ids.count(g)),
-                        group_ids.count(g) % size,
-                    )
+                    part = sum(1 for s in micro if s is not None and group_ids[s] == g)
+                    assert part in {2: (2,), 5: (2, 3)}[group_ids.count(g)]

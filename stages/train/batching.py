@@ -6,12 +6,12 @@ normalisers are the mini-batch's global counts (:mod:`stages.train.update`), so 
 are cut into micro-batches and spread over processes does not change the update, only float
 rounding. Two cuts exist:
 
-- **standard** (``trainer.shared_prefix: off``): the mini-batch's samples dealt to the processes
+- **standard** (the standard forward): the mini-batch's samples dealt to the processes
   in turn (``samples[rank::world]``) and cut into micro-batches of ``optim.micro_batch``;
-- **grouped** (``on`` / ``auto``, for the shared-prefix forward): each group cut into *units* of at
-  most ``optim.micro_batch`` samples, units spread over the processes by sample count (each to the
-  least loaded, in order) and packed whole into micro-batches (first fit), so a prompt is encoded
-  once per unit rather than once per sample.
+- **grouped** (for the shared-prefix forward): each group cut into *units* of at most
+  ``optim.micro_batch`` samples, units spread over the processes by sample count (largest first,
+  each to the least loaded) and packed whole into micro-batches (first fit), so a prompt is
+  encoded once per unit rather than once per sample.
 
 Every process runs the same number of micro-batches (DDP / FSDP collectives line up): a process
 with fewer gets placeholders, ``None`` entries that run a masked-off copy of a real sample.
@@ -37,20 +37,25 @@ def group_mini_batches(
 
 
 def units(samples: Sequence[int], group_ids: Sequence[int], size: int) -> list[list[int]]:
-    """``samples`` grouped by their group (first-appearance order), each group cut into pieces
-    of at most ``size``."""
+    """``samples`` grouped by their group (first-appearance order), each group cut into the
+    fewest pieces of at most ``size``, of near-equal sizes (a group of 4 at size 3: 2 + 2)."""
     members: dict[int, list[int]] = {}
     for sample in samples:
         members.setdefault(group_ids[sample], []).append(sample)
-    return [g[i : i + size] for g in members.values() for i in range(0, len(g), size)]
+    out = []
+    for group in members.values():
+        pieces = -(-len(group) // size)
+        bounds = [len(group) * k // pieces for k in range(pieces + 1)]
+        out += [group[bounds[k] : bounds[k + 1]] for k in range(pieces)]
+    return out
 
 
 def spread(pieces: Sequence[list[int]], world: int) -> list[list[list[int]]]:
-    """Units per process: each unit, in order, to the process holding the fewest samples (the
-    lowest rank on ties)."""
+    """Units per process, largest first (stable), each to the process holding the fewest samples
+    (the lowest rank on ties): balanced, and groups of equal size stay on one process."""
     out: list[list[list[int]]] = [[] for _ in range(world)]
     load = [0] * world
-    for unit in pieces:
+    for unit in sorted(pieces, key=len, reverse=True):
         rank = min(range(world), key=lambda r: (load[r], r))
         out[rank].append(unit)
         load[rank] += len(unit)

@@ -11,8 +11,8 @@ prompt's. Log-probs and entropy then come from the chunked
 
 With ``shared_prefix`` the samples that share a prompt row go through one packed row instead
 (:mod:`stages.train.shared_prefix`): same log-probs, entropies and gradients, the prompt encoded
-once. ``"auto"`` packs a micro-batch only where that costs less than the standard forward
-(:func:`~stages.train.shared_prefix.saves_work`) and the model's attention takes a block mask.
+once. Whether a step packs is decided once for the step
+(:func:`~stages.train.shared_prefix.decide`).
 """
 
 from __future__ import annotations
@@ -45,16 +45,14 @@ def response_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = True,
-    shared_prefix: str = "off",
+    shared_prefix: bool = False,
 ) -> ResponseLogprobs:
     """Log-probs (at ``temperature``) of ``responses[i]`` following prompt ``rows[i]``;
-    ``shared_prefix`` (off | on | auto) packs the samples that share a row object."""
+    ``shared_prefix`` packs the samples that share a row object into one row."""
     device = next(model.parameters()).device
     temperature = temperature if temperature > 0 else 1.0
-    if shared_prefix != "off":
-        packed = _packed(model, io, rows, responses, shared_prefix)
-        if packed is not None:
-            return _packed_logprobs(model, packed, device, temperature, with_entropy)
+    if shared_prefix:
+        return _packed_logprobs(model, io, rows, responses, device, temperature, with_entropy)
     batch = io.encode(rows, responses, padding_side="left").to(device)
     lengths = batch.response_mask.sum(1)
     width = max(int(lengths.max().item()), 1)
@@ -75,19 +73,17 @@ def response_logprobs(
     return ResponseLogprobs(logp=logp, entropy=entropy, mask=mask)
 
 
-def _packed(
+def _packed_logprobs(
     model: Any,
     io: PolicyIO,
     rows: Sequence[Mapping[str, Any]],
     responses: Sequence[Sequence[int]],
-    mode: str,
-) -> sp.Packed | None:
-    """The packed rows for this micro-batch, or None where ``auto`` finds no saving."""
+    device: torch.device,
+    temperature: float,
+    with_entropy: bool,
+) -> ResponseLogprobs:
+    """Log-probs of the packed forward, only the predicting positions' logits computed."""
     inner = getattr(model, "module", model)  # under DDP, the model it wraps
-    if mode == "on":
-        sp.check_supported(inner)
-    elif not sp.supported(inner) or len(sp.units_of(rows)) == len(rows):
-        return None
     packed = sp.pack(
         io,
         rows,
@@ -95,16 +91,6 @@ def _packed(
         rope_index=getattr(inner.base_model, "get_rope_index", None),
         attention=sp.attention_implementation(inner),
     )
-    hidden = inner.config.get_text_config().hidden_size
-    if mode == "auto" and not sp.saves_work(packed.prompt_lengths, packed.unit_lengths, hidden):
-        return None
-    return packed
-
-
-def _packed_logprobs(
-    model: Any, packed: sp.Packed, device: torch.device, temperature: float, with_entropy: bool
-) -> ResponseLogprobs:
-    """Log-probs of the packed forward, only the predicting positions' logits computed."""
     keep = torch.unique(packed.index % packed.width)  # sorted positions needed in any row
     inputs = {k: v.to(device) for k, v in packed.inputs.items()}
     out = model(**inputs, use_cache=False, logits_to_keep=keep.to(device))

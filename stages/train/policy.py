@@ -77,25 +77,29 @@ class Policy:
         return t if t > 0 else 1.0
 
     def frozen_logprobs(
-        self, model: Any, rows: list[dict], responses: list[list[int]], group_ids: list[int]
+        self,
+        model: Any,
+        rows: list[dict],
+        responses: list[list[int]],
+        group_ids: list[int],
+        shared: bool = False,
     ) -> list[torch.Tensor]:
         """Per-sample log-probs under ``model`` without gradient: the policy before this step's
         first update (the old log-probs), or the reference policy for the KL term.
 
         Each process computes its share of the samples (whole groups with the shared-prefix
-        forward; see :mod:`stages.train.batching`) in the same number of forwards (a process
-        short of samples repeats one), and one all-reduce of a zero-filled table shares them:
-        exact, since every entry has a single non-zero contribution.
+        forward, ``shared``; see :mod:`stages.train.batching`) in the same number of forwards
+        (a process short of samples repeats one), and one all-reduce of a zero-filled table
+        shares them: exact, since every entry has a single non-zero contribution.
         """
         acc = self.accelerator
-        shared = self.config.trainer.shared_prefix
         micro = batching.micro_batches(
             range(len(rows)),
             group_ids,
             self.config.optim.micro_batch,
             acc.num_processes,
             acc.process_index,
-            grouped=shared != "off",
+            grouped=shared,
         )
         width = max([len(r) for r in responses] + [1])
         table = torch.zeros(len(rows), width, device=acc.device)

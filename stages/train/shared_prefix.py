@@ -204,15 +204,45 @@ def forward_cost(tokens: int, pairs: int, hidden: int) -> float:
     return tokens * 24.0 * hidden * hidden + pairs * 4.0 * hidden
 
 
-def saves_work(prompt_lengths: Sequence[int], units: Sequence[Sequence[int]], hidden: int) -> bool:
-    """Whether packed rows cost less than the standard forward for these units (each a list of
-    response lengths, ``prompt_lengths[u]`` its prompt): the standard forward pads every sample
-    to the longest prompt + response and runs causal attention (half the square); a packed row
-    pads to the longest packed row and runs the dense masked square."""
-    if not units:
-        return False
-    full = [p + r for p, unit in zip(prompt_lengths, units, strict=True) for r in unit]
-    standard = forward_cost(len(full) * max(full), len(full) * max(full) ** 2 // 2, hidden)
-    rows = [p + sum(unit) for p, unit in zip(prompt_lengths, units, strict=True)]
-    packed = forward_cost(len(rows) * max(rows), len(rows) * max(rows) ** 2, hidden)
+def saves_work(
+    prompt_lengths: Sequence[int], unit_lengths: Sequence[Sequence[int]], hidden: int
+) -> bool:
+    """Whether packed rows cost less than the standard forward: units ``u`` of samples with
+    response lengths ``unit_lengths[u]`` after a prompt of ``prompt_lengths[u]`` tokens. The
+    standard forward runs ``P + R`` tokens per sample with causal attention (half the square);
+    a packed row runs ``P + sum(R)`` tokens with the dense masked square. The vision tower, which
+    packing runs once per row instead of once per sample, is left out: it only adds savings."""
+    standard = packed = 0.0
+    for p, unit in zip(prompt_lengths, unit_lengths, strict=True):
+        standard += sum(forward_cost(p + r, (p + r) ** 2 // 2, hidden) for r in unit)
+        length = p + sum(unit)
+        packed += forward_cost(length, length**2, hidden)
     return packed < standard
+
+
+def decide(
+    mode: str,
+    model: Any,
+    io: PolicyIO,
+    rows: Sequence[Mapping[str, Any]],
+    unit_samples: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+) -> bool:
+    """``trainer.shared_prefix`` for one training step: ``on`` (refused where the attention takes
+    no block mask), ``off``, or ``auto``: on where the model supports it and packing the step's
+    units (sample indices sharing a prompt row) costs less than the standard forward. One
+    decision per step, so every pass and micro-batch of the step runs the same forward."""
+    if mode == "off":
+        return False
+    if mode == "on":
+        check_supported(model)
+        return True
+    if not supported(model) or not unit_samples:
+        return False
+    firsts = [rows[unit[0]] for unit in unit_samples]
+    distinct = {id(row): row for row in firsts}
+    lengths = dict(zip(distinct, io.prompt_lengths(list(distinct.values())), strict=True))
+    prompt_lengths = [lengths[id(row)] for row in firsts]
+    unit_lengths = [[len(responses[s]) for s in unit] for unit in unit_samples]
+    hidden = model.config.get_text_config().hidden_size
+    return saves_work(prompt_lengths, unit_lengths, hidden)

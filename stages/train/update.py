@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from stages.train import algos, batching, loss_metrics
+from stages.train import shared_prefix as sp
 from stages.train.config import TrainConfig
 from stages.train.forward import response_logprobs
 from stages.train.policy import Policy
@@ -74,7 +75,11 @@ def update(
     started = time.perf_counter()
     if frozen_old is None:
         frozen_old = config.optim.epochs * config.optim.mini_batches > 1
-    frozen = (sample_rows, responses, group_ids)
+    pieces = batching.units(range(len(responses)), group_ids, config.optim.micro_batch)
+    shared = sp.decide(
+        config.trainer.shared_prefix, policy.module, policy.io, sample_rows, pieces, responses
+    )
+    frozen = (sample_rows, responses, group_ids, shared)
     old = policy.frozen_logprobs(policy.model, *frozen) if frozen_old else None
     fresh: dict[int, torch.Tensor] = {}  # on-policy: the update's own detached log-probs
     ref = None if policy.reference is None else policy.frozen_logprobs(policy.reference, *frozen)
@@ -83,7 +88,7 @@ def update(
     order_rng = random.Random(step_seed(config.trainer.seed, step, "shuffle"))
     collected: list[dict[str, float]] = []  # per micro-batch; see loss_metrics
     grad_norms: list[float] = []
-    inputs = _Inputs(sample_rows, responses, group_ids, old, ref, advantages, params, fresh)
+    inputs = _Inputs(sample_rows, responses, group_ids, shared, old, ref, advantages, params, fresh)
     for _ in range(config.optim.epochs):
         minis = batching.group_mini_batches(group_ids, config.optim.mini_batches, order_rng)
         for mini in minis:
@@ -108,6 +113,7 @@ def update(
     metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     metrics["lr"] = policy.optimizer.param_groups[0]["lr"]
     metrics["processes"] = float(policy.accelerator.num_processes)
+    metrics["shared_prefix"] = float(shared)  # 1: this step ran the shared-prefix forward
     tokens = sum(len(r) for r in responses) * config.optim.epochs
     metrics["trainer_tokens_per_s"] = tokens / max(
         timings["update_s"] + timings["logprobs_s"], 1e-9
@@ -122,6 +128,7 @@ class _Inputs:
     rows: list[dict]  # prompt row of each sample (one object per prompt)
     responses: list[list[int]]
     group_ids: list[int]
+    shared: bool  # the shared-prefix forward (whole groups per micro-batch) this step
     old: list[torch.Tensor] | None  # frozen old log-probs, or None: on-policy
     ref: list[torch.Tensor] | None  # reference log-probs for the KL term
     advantages: torch.Tensor
@@ -159,9 +166,8 @@ def _optimizer_step(
     }
     accepted = algos.options(config.algo.name)
     step_params = {**inputs.params, **{k: v for k, v in normalisers.items() if k in accepted}}
-    shared = config.trainer.shared_prefix
     micro = batching.micro_batches(
-        mini, inputs.group_ids, config.optim.micro_batch, world, rank, grouped=shared != "off"
+        mini, inputs.group_ids, config.optim.micro_batch, world, rank, grouped=inputs.shared
     )
     for group in policy.optimizer.param_groups:
         group["lr"] = lr_at(policy.opt_steps, config)
@@ -180,7 +186,7 @@ def _optimizer_step(
                 [inputs.rows[i] for i in indices],
                 [responses[i] for i in indices],
                 temperature=policy.temperature,
-                shared_prefix=shared,
+                shared_prefix=inputs.shared,
             )
             width = result.logp.shape[1]
             device = result.logp.device
