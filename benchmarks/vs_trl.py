@@ -9,11 +9,15 @@ CPU process with one compute thread. Runs alternate (ours, TRL, ours, TRL...); i
 first step (warm-up) is left out and the rest give per-step times; the report is the median over
 all repeats and the ratio ours / TRL (below 1: we are faster).
 
-TRL is installed from PyPI into its own virtual environment (``--venv``, default
-``$MGPO_CACHE/venv-trl``) made with ``--system-site-packages``, so both sides run the very same
-torch and transformers; a ``pip install --dry-run`` first refuses any TRL version that would
-replace torch, transformers or their companions. The TRL side is this file run with the
-venv's python (``--trl-worker``).
+TRL is installed from PyPI into a folder of its own (``--target``, default
+``$MGPO_CACHE/trl-site``) that only the TRL side puts first on its ``sys.path``: both sides run the
+very same interpreter, torch and transformers, whether that interpreter is a venv (the README's)
+or not. (A ``--system-site-packages`` venv made from inside a venv would see the base
+interpreter's packages, not the outer venv's, so it cannot share them.) ``pip install --dry-run``,
+constrained by the repository's ``constraints.txt``, plans the install against this environment
+first and refuses any TRL version that would replace torch, transformers or their companions;
+then exactly the missing packages go into the folder. The TRL side is this file run with the
+same python and that folder on ``PYTHONPATH`` (``--trl-worker``).
 
     OMP_NUM_THREADS=1 python benchmarks/vs_trl.py                 # tiny recipe: 16 prompts x 16, 1 token
     OMP_NUM_THREADS=1 python benchmarks/vs_trl.py --max-new-tokens 16 --steps 6 --repeats 2
@@ -29,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from train_step import REPO, breakdown, child_env, prepare_shapes, run_ours  # noqa: E402
 
+CONSTRAINTS = REPO / "constraints.txt"  # the versions the suite passed with
 TRL_SPEC = "trl==1.16.0"  # tested with torch 2.13.0 and transformers 5.19
 # What the TRL venv must take from the global environment, never install over it.
 PROTECTED = {
@@ -110,22 +117,18 @@ def our_overrides(s: dict[str, Any]) -> dict[str, str]:
 # ----------------------------------------------------------------------------- TRL venv
 
 
-def ensure_trl(venv: Path, spec: str) -> Path:
-    """The venv's python with ``spec`` installed; refuses to change the shared packages."""
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run(
-            [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True
-        )
-    wanted = spec.partition("==")[2]
-    probe = subprocess.run(
-        [str(python), "-c", "import trl; print(trl.__version__)"], capture_output=True, text=True
-    )
-    if probe.returncode == 0 and (not wanted or probe.stdout.strip() == wanted):
-        return python
-    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
+def ensure_trl(target: Path, spec: str) -> Path:
+    """A folder holding ``spec`` and whatever it needs that this environment lacks (for
+    ``PYTHONPATH``); refuses to install anything over the shared packages."""
+    marker = target / ".installed-spec"
+    if marker.is_file() and marker.read_text() == spec:
+        return target
+    pip = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check"]
+    constraints = ["-c", str(CONSTRAINTS)] if CONSTRAINTS.is_file() else []
     dry = subprocess.run(
-        [*pip, "--dry-run", "--quiet", "--report", "-", spec], capture_output=True, text=True
+        [*pip, "--dry-run", "--quiet", "--report", "-", *constraints, spec],
+        capture_output=True,
+        text=True,
     )
     if dry.returncode != 0:
         raise SystemExit(f"pip cannot resolve {spec}:\n{dry.stderr[-2000:]}")
@@ -139,9 +142,12 @@ def ensure_trl(venv: Path, spec: str) -> Path:
             f"{spec} would install {', '.join(clash)} over the shared environment; "
             "pin a TRL version that accepts the installed ones (--trl trl==X.Y.Z)"
         )
-    print(f"installing into {venv}: {', '.join(f'{k}=={v}' for k, v in plan.items())}")
-    subprocess.run([*pip, "--quiet", spec], check=True)
-    return python
+    print(f"installing into {target}: {', '.join(f'{k}=={v}' for k, v in plan.items())}")
+    shutil.rmtree(target, ignore_errors=True)
+    pinned = [f"{name}=={version}" for name, version in plan.items()]
+    subprocess.run([*pip, "--quiet", "--no-deps", "--target", str(target), *pinned], check=True)
+    marker.write_text(spec)
+    return target
 
 
 # ----------------------------------------------------------------------------- the TRL side
@@ -354,7 +360,7 @@ def trl_worker(config_path: str) -> None:
 
 
 def run_trl(
-    python: Path, data: Path, model: str, folder: Path, steps: int, s: dict[str, Any]
+    site: Path, data: Path, model: str, folder: Path, steps: int, s: dict[str, Any]
 ) -> tuple[dict, float]:
     job = {
         "settings": s,
@@ -367,10 +373,12 @@ def run_trl(
     config = folder / "trl-job.json"
     config.write_text(json.dumps(job))
     started = time.perf_counter()
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
     done = subprocess.run(
-        [str(python), str(Path(__file__).resolve()), "--trl-worker", str(config)],
+        [sys.executable, str(Path(__file__).resolve()), "--trl-worker", str(config)],
         cwd=REPO,
-        env=child_env(),
+        env=env,
         capture_output=True,
         text=True,
     )
@@ -399,7 +407,9 @@ def main() -> None:
     parser.add_argument("--mini-batches", type=int, default=2, help="optimizer steps per step")
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--trl", default=TRL_SPEC, help="pip requirement for TRL")
-    parser.add_argument("--venv", type=Path, help="TRL venv (default $MGPO_CACHE/venv-trl)")
+    parser.add_argument(
+        "--target", type=Path, help="folder TRL is installed into (default $MGPO_CACHE/trl-site)"
+    )
     args = parser.parse_args()
     if args.trl_worker:
         trl_worker(args.trl_worker)
@@ -410,7 +420,7 @@ def main() -> None:
         raise SystemExit("--prompts x --n must divide into --mini-batches")
     from stages.models.tiny import cache_root, tiny_model_path
 
-    python = ensure_trl(args.venv or cache_root() / "venv-trl", args.trl)
+    site = ensure_trl(args.target or cache_root() / "trl-site", args.trl)
     s = settings_from(args)
     model = str(tiny_model_path())
     ours_rows: list[dict] = []
@@ -434,7 +444,7 @@ def main() -> None:
                 f"ours  run {k + 1}: {b['step_time_s']:.3f} s/step (median), command {wall:.1f} s",
                 flush=True,
             )
-            result, wall = run_trl(python, data, model, folder, args.steps, s)
+            result, wall = run_trl(site, data, model, folder, args.steps, s)
             trl_rows += result["rounds"][1:]
             walls["trl"].append(wall)
             lengths["trl"].append(result["mean_length"])

@@ -15,6 +15,11 @@ from mgpo_cli.commands import models, prepare, report, rollout, score, shards, t
 from stages import __version__
 from stages.errors import MgpoError
 
+try:  # recent Typer carries its own copy of click
+    from typer._click import exceptions as cli_errors
+except ImportError:  # pragma: no cover - older Typer uses click itself
+    from click import exceptions as cli_errors
+
 app = typer.Typer(
     name="mgpo",
     help=(
@@ -54,15 +59,34 @@ app.add_typer(models.app, name="models")
 
 
 def main() -> None:
-    """Console entry point: run the app, turning user errors into one line and exit code 2."""
+    """Console entry point: every way a command can fail on its input ends as one ``error:`` line
+    and exit code 2, never a traceback: our user errors (``MgpoError``), the command line's own
+    usage errors (an unknown option, a missing value: Typer would draw a box), and an operating
+    system refusal met while working (a disk that fills up, a folder made read-only meanwhile)."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except cli_errors.NoArgsIsHelpError as error:  # ``mgpo`` or ``mgpo models`` alone: the help
+        error.show()
+        sys.exit(error.exit_code)
+    except cli_errors.ClickException as error:
+        where = error.ctx.command_path if getattr(error, "ctx", None) else "mgpo"
+        hint = f" (see {where} --help)" if isinstance(error, cli_errors.UsageError) else ""
+        _fail(f"{error.format_message()}{hint}")
     except MgpoError as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
+        _fail(str(error))
+    except OSError as error:
+        _fail(f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}")
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    if code == 130:
         typer.secho("interrupted", fg="red", err=True)
-        sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {' '.join(message.split())}", fg="red", err=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

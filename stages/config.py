@@ -4,23 +4,115 @@ A recipe is plain YAML whose nested keys mirror a config dataclass. Values are c
 the field types, unknown keys are errors that suggest the nearest known key, and command-line
 overrides (``section.key=value``) are applied to the YAML data *before* the dataclass is built,
 so a config object is never mutated once made.
+
+Numbers are checked in one place, :func:`check_values`: every float must be finite (``x <= 0`` is
+false for NaN, so range checks alone let it through), and a field declares its range once, in its
+type: ``lr: PositiveFloat = 1e-6`` (``Annotated[float, Bounds(gt=0)]``). Recipe sections and the
+stages' option dataclasses call it from ``__post_init__``, so a value is refused before anything
+is written, with one line naming the recipe key (``optim.lr``) or the option (``--temperature``).
+A plain ``float`` field added later is still held to being finite.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 
 from stages.errors import MgpoError
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """Where a number may lie, declared once in a field's type (``Annotated[float, Bounds(gt=0)]``)."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def inside(self, value: float) -> bool:
+        return not (
+            (self.gt is not None and not value > self.gt)
+            or (self.ge is not None and not value >= self.ge)
+            or (self.lt is not None and not value < self.lt)
+            or (self.le is not None and not value <= self.le)
+        )
+
+    def describe(self) -> str:
+        """``must be positive``, ``must be >= 0``, ``must be in (0, 1]``..."""
+        low = self.gt if self.gt is not None else self.ge
+        high = self.lt if self.lt is not None else self.le
+        if low is not None and high is not None:
+            opening = "(" if self.gt is not None else "["
+            closing = ")" if self.lt is not None else "]"
+            return f"must be in {opening}{low:g}, {high:g}{closing}"
+        if self.gt == 0:
+            return "must be positive"
+        if low is not None:
+            return f"must be {'>' if self.gt is not None else '>='} {low:g}"
+        return f"must be {'<' if self.lt is not None else '<='} {high:g}"
+
+
+PositiveInt = Annotated[int, Bounds(gt=0)]
+PositiveFloat = Annotated[float, Bounds(gt=0)]
+NonNegativeInt = Annotated[int, Bounds(ge=0)]
+NonNegativeFloat = Annotated[float, Bounds(ge=0)]
+UnitFloat = Annotated[float, Bounds(ge=0, le=1)]  # a fraction or probability, [0, 1]
+OpenUnitFloat = Annotated[float, Bounds(gt=0, le=1)]  # (0, 1], e.g. top_p
+
+
+def check_values(obj: Any, prefix: str = "", flags: Mapping[str, str] | None = None) -> None:
+    """Refuse a non-finite float or a number outside its field's ``Bounds``, anywhere in the
+    dataclass ``obj`` (nested sections too), with one line naming the key.
+
+    Keys are recipe keys (``prefix`` + ``optim.lr``), or with ``flags`` given, command-line
+    options: ``--`` + the field name with dashes, unless ``flags`` names it (``{"n": "-n"}``).
+    """
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        if flags is None:
+            key = f"{prefix}{field.name}"
+        else:
+            key = flags.get(field.name, "--" + field.name.replace("_", "-"))
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_values(value, f"{key}.")
+        else:
+            _check_number(hints.get(field.name, Any), value, key)
+
+
+def _check_number(hint: Any, value: Any, key: str) -> None:
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_number(Any, item, key)
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MgpoError(f"{key} must be a finite number, got {value}")
+    for bounds in _bounds(hint):
+        if not bounds.inside(value):
+            raise MgpoError(f"{key} {bounds.describe()}, got {value}")
+
+
+def _bounds(hint: Any) -> list[Bounds]:
+    """The ``Bounds`` in ``hint``'s annotations (through ``X | None`` too)."""
+    if typing.get_origin(hint) is Annotated:
+        return [m for m in hint.__metadata__ if isinstance(m, Bounds)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return [b for option in typing.get_args(hint) for b in _bounds(option)]
+    return []
 
 
 def recipes_folder() -> Path:
@@ -142,7 +234,9 @@ def _deep_copy(data: Any) -> Any:
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
-    """Check (and gently convert) ``value`` against a type hint."""
+    """Check (and gently convert) ``value`` against a type hint (ranges: ``check_values``)."""
+    if typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
     if dataclasses.is_dataclass(hint):
         return build(hint, value if value is not None else {}, f"recipe.{where}")
     origin = typing.get_origin(hint)

@@ -6,6 +6,10 @@ never read. Writers build the set in a hidden staging directory beside the targe
 (``.NAME.partial``) and rename it into place only when it is whole: a killed stage leaves nothing a
 later stage would mistake for finished work, and each part inside the staging directory is itself
 written to a temporary name and renamed, so a resumed stage can trust every part it finds there.
+
+Every data page carries a CRC that readers verify, so a flipped byte is an error naming the part,
+column and rows, never silently wrong data; opening a set checks each part's row count (from its
+footer, cheap) against the manifest; ``verify`` re-hashes every byte.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import pyarrow.parquet as pq
 
 from stages import __version__
 from stages.errors import MgpoError
+from stages.images import prompt_row as prompt_row  # readers of prompt shards import it here
 from stages.schemas import KINDS, SCHEMA_VERSION, check_columns, with_hf_features
 
 MANIFEST = "manifest.json"
@@ -121,7 +126,7 @@ class ShardWriter:
     # The staged parts a resumed writer starts from.
     def existing_rows(self, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
         for part in self._parts:
-            yield from pq.read_table(part, columns=list(columns)).to_pylist()
+            yield from read_part(part, list(columns)).to_pylist()
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
@@ -139,7 +144,7 @@ class ShardWriter:
         table = pa.Table.from_pylist([_normalise_row(r) for r in rows], schema=self.schema)
         path = self.staging / PART_PATTERN.format(len(self._parts))
         tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
         os.replace(tmp, path)
         self._parts.append(path)
         return path
@@ -265,6 +270,58 @@ def write_shards(
 
 # ----------------------------------------------------------------------------------- reading
 
+# What pyarrow raises for a damaged part: a failed page CRC, bad compression, a torn footer.
+_READ_ERRORS = (OSError, pa.ArrowException)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _parquet(file: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(file, page_checksum_verification=True)
+    except _READ_ERRORS as error:
+        raise MgpoError(f"{file}: not a readable Parquet file ({_first_line(error)})") from None
+
+
+def _damaged(parquet: pq.ParquetFile, file: Path, columns, error: BaseException) -> MgpoError:
+    """One line naming the part, the first unreadable column and its rows (found by reading
+    each column of each row group on its own: only done once something failed)."""
+    names = list(columns) if columns is not None else parquet.schema_arrow.names
+    first = 0
+    for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        for name in names:
+            try:
+                parquet.read_row_group(group, columns=[name])
+            except _READ_ERRORS as cause:
+                return MgpoError(
+                    f"{file}: damaged data in column '{name}', rows {first}-{first + rows - 1}"
+                    f" ({_first_line(cause)}); write the shard set again"
+                )
+        first += rows
+    return MgpoError(f"{file}: damaged Parquet data ({_first_line(error)})")
+
+
+def read_part(file: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """One part in memory, every page checked; damage is one line naming file, column, rows."""
+    parquet = _parquet(file)
+    try:
+        return parquet.read(columns=columns)
+    except _READ_ERRORS as error:
+        raise _damaged(parquet, file, columns, error) from None
+
+
+def _part_batches(
+    file: Path, columns: Sequence[str] | None, batch_size: int
+) -> Iterator[pa.RecordBatch]:
+    parquet = _parquet(file)
+    try:
+        yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
+    except _READ_ERRORS as error:
+        raise _damaged(parquet, file, columns, error) from None
+
 
 @dataclass(frozen=True)
 class ShardSet:
@@ -293,8 +350,7 @@ class ShardSet:
         self, columns: Sequence[str] | None = None, batch_size: int = 256
     ) -> Iterator[pa.RecordBatch]:
         for file in self.files:
-            parquet = pq.ParquetFile(file)
-            yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
+            yield from _part_batches(file, columns, batch_size)
 
     def iter_rows(
         self, columns: Sequence[str] | None = None, batch_size: int = 256
@@ -304,7 +360,15 @@ class ShardSet:
 
     def read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
         """The whole set in memory: only for sets known to be small (one training step)."""
-        return pa.concat_tables(pq.read_table(f, columns=columns) for f in self.files)
+        return pa.concat_tables(read_part(f, columns) for f in self.files)
+
+    def where(self, row_id: str, column: str = "id") -> str:
+        """``PART row R`` of the row whose ``column`` is ``row_id`` (for error messages)."""
+        for part in self.manifest["parts"]:
+            ids = read_part(self.path / part["file"], [column]).column(0).to_pylist()
+            if row_id in ids:
+                return f"{self.path / part['file']} row {ids.index(row_id)}"
+        return f"{self.path} ({column} {row_id!r})"
 
     def verify(self) -> None:
         """Check every part against the manifest's hashes (slow: reads every byte)."""
@@ -314,20 +378,22 @@ class ShardSet:
 
 
 def open_shards(path: str | os.PathLike, kind: str | None = None) -> ShardSet:
-    """Open a complete shard set, checking the manifest and every part's columns."""
+    """Open a complete shard set, checking the manifest, and every part's columns and row count
+    (footers only: cheap)."""
     path = Path(path)
+    staged = " (an unfinished run is staged beside it)" if staging_dir(path).exists() else ""
     if not path.is_dir():
-        raise MgpoError(f"{path}: no such shard directory")
+        raise MgpoError(f"{path}: no such shard directory{staged}")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        hint = " (an unfinished run is staged beside it)" if staging_dir(path).exists() else ""
         raise MgpoError(
-            f"{path}: no {MANIFEST}, so the shard set is incomplete; rerun the stage that writes it{hint}"
+            f"{path}: no {MANIFEST}, so the shard set is incomplete; rerun the stage that writes it{staged}"
         )
     try:
         manifest = json.loads(manifest_path.read_text())
         found_kind = manifest["kind"]
-        files = [str(part["file"]) for part in manifest["parts"]]
+        parts = [(str(part["file"]), int(part["rows"])) for part in manifest["parts"]]
+        total = int(manifest["rows"])
         version = int(manifest.get("schema_version", 0))
     except (ValueError, KeyError, TypeError) as error:
         reason = f"missing key {error}" if isinstance(error, KeyError) else str(error)
@@ -336,34 +402,22 @@ def open_shards(path: str | os.PathLike, kind: str | None = None) -> ShardSet:
         raise MgpoError(f"{path}: holds {found_kind} shards, expected {kind}")
     if version > SCHEMA_VERSION:
         raise MgpoError(f"{manifest_path}: schema version {version} is newer than this mgpo")
-    for name in files:
+    if total != sum(rows for _, rows in parts):
+        raise MgpoError(f"{manifest_path}: 'rows' is {total} but its parts add up to another count")
+    for name, rows in parts:
         file = path / name
         if not file.is_file():
             raise MgpoError(f"{file}: listed in {MANIFEST} but missing")
         try:
-            schema = pq.read_schema(file)
-        except (OSError, pa.ArrowException) as error:
-            raise MgpoError(f"{file}: not a readable Parquet file ({error})") from None
+            metadata = pq.read_metadata(file)
+            schema = metadata.schema.to_arrow_schema()
+        except _READ_ERRORS as error:
+            raise MgpoError(f"{file}: not a readable Parquet file ({_first_line(error)})") from None
+        if metadata.num_rows != rows:
+            raise MgpoError(
+                f"{file}: holds {metadata.num_rows} rows but {MANIFEST} says {rows}; "
+                "the shard set is damaged (write it again)"
+            )
         if found_kind in KINDS:
             check_columns(schema, found_kind, str(file))
     return ShardSet(path=path, manifest=manifest)
-
-
-def decode_image(struct: dict[str, Any], base: Path | None = None):
-    """An image struct back to a PIL image (RGB)."""
-    from PIL import Image
-
-    if struct.get("bytes"):
-        image = Image.open(io.BytesIO(struct["bytes"]))
-    else:
-        image = Image.open(Path(base or ".") / struct["path"])
-    return image.convert("RGB")
-
-
-def prompt_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A prompts-shard row as the in-memory prompt contract: decoded images, parsed meta."""
-    return {
-        **row,
-        "images": [decode_image(image) for image in row.get("images") or []],
-        "meta": json.loads(row["meta"]) if row.get("meta") else {},
-    }

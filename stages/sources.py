@@ -16,6 +16,7 @@ json: one table, never two copies of the same rows in different encodings.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,12 @@ def load_files(files: list[Path], where: str, split: str) -> Any:
     kinds = {FILE_FORMATS.get(f.suffix) for f in files}
     if None in kinds or len(kinds) != 1:
         raise MgpoError(f"{where}: expected .parquet, .json or .jsonl files of one kind")
+    kind = kinds.pop()
+    if kind == "json":
+        for file in files:
+            check_json_text(file)
     try:
-        return datasets.load_dataset(kinds.pop(), data_files=[str(f) for f in files], split="train")
+        return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
     except Exception as error:  # datasets raises many kinds; all mean "this copy is unreadable"
         if _no_rows(files):  # datasets refuses an empty split with a cryptic message
             raise MgpoError(f"{where}: split '{split}' is empty (no rows)") from None
@@ -188,6 +193,36 @@ def load_records(
         raise MgpoError(f"--source {source}: no such file or directory")
     files = [path] if path.is_file() else split_files(path, split)
     return load_files(files, f"--source {source}", split)
+
+
+def check_json_text(file: Path) -> None:
+    """One line naming the file and line of the first text that is not UTF-8 or not JSON.
+
+    ``datasets`` reports neither well: it reads invalid UTF-8 into strings that fail only when a
+    row is used, and a broken line comes back without its number."""
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise MgpoError(
+            f"{file} line {line}: not UTF-8 text (byte {data[error.start]:#04x} at column {column})"
+        ) from None
+    if file.suffix == ".json":
+        try:
+            json.loads(text)
+            return
+        except ValueError:
+            pass  # maybe JSON Lines in a .json file: checked line by line below
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as error:
+                raise MgpoError(
+                    f"{file} line {number}: not valid JSON ({error.msg}, column {error.colno})"
+                ) from None
 
 
 def _no_rows(files: list[Path]) -> bool:

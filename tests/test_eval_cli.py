@@ -308,9 +308,13 @@ def test_model_tags(tiny_model_dir, tmp_path):
     assert tag_of(locate(str(run / "checkpoints" / "step-000010"))) == "my-run-step-000010"
     assert tag_of(locate("Qwen/Qwen2.5-VL-3B-Instruct")) == "Qwen--Qwen2.5-VL-3B-Instruct"
     assert tag_of(locate("tiny")) == "tiny"
+    # A run killed before it finished is evaluated at its newest checkpoint; one killed before
+    # its first checkpoint has no policy to evaluate.
     shutil.rmtree(run / "final")
+    assert locate(str(run)) == str((run / "checkpoints" / "step-000010").resolve())
+    shutil.rmtree(run / "checkpoints" / "step-000010")
     result = run_main("eval", "shapes", "--model", run, "--out", tmp_path / "evals")
-    assert_user_error(result, "no final policy yet", "step-000010")
+    assert_user_error(result, "no policy yet", "before its first checkpoint")
     assert not (tmp_path / "evals").exists()
 
 

@@ -66,7 +66,9 @@ def test_github_release_with_relative_image_paths(tmp_path):
     assert rows[0]["images"][0].getpixel((0, 0)) == (10, 120, 10)
     assert [r["id"] for r in BENCH.load(source=folder, split="testmini")] == ["mathvision-9"]
     (folder / "images" / "2.jpg").unlink()
-    with pytest.raises(MgpoError, match="mathvision test row 1 image 0: image file 'images/2.jpg'"):
+    with pytest.raises(
+        MgpoError, match="mathvision test row 1 image 0: image file .*images/2.jpg not found"
+    ):
         BENCH.load(source=folder)
     only_test = write_mathvision_github(tmp_path / "other", {"testmini": TESTMINI})
     with pytest.raises(MgpoError, match="no files for split 'test' \\(found: testmini\\)"):

@@ -30,28 +30,37 @@ def _venv(path: Path) -> Path:
     return path / "bin"
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment without PYTHONPATH: the venv's own installation must answer."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def _pip(bin_dir: Path, *args: str, cwd: Path) -> None:
     result = subprocess.run(
         [str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1"},
+        env={**_clean_env(), "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 def _mgpo(bin_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run(
-        [str(bin_dir / "mgpo"), *args], cwd=cwd, capture_output=True, text=True, env=env
+        [str(bin_dir / "mgpo"), *args], cwd=cwd, capture_output=True, text=True, env=_clean_env()
     )
 
 
 def _where(bin_dir: Path, module: str, cwd: Path) -> Path:
     code = f"import importlib.resources as r, {module} as m; print(r.files(m))"
     out = subprocess.run(
-        [str(bin_dir / "python"), "-c", code], cwd=cwd, capture_output=True, text=True, check=True
+        [str(bin_dir / "python"), "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_clean_env(),
     )
     return Path(out.stdout.strip())
 

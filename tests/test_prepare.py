@@ -143,7 +143,7 @@ def test_images_are_resized_into_the_pixel_bounds(good) -> None:
 def test_fit_pixels_lands_inside_the_bounds(low: int, high: int) -> None:
     from PIL import Image
 
-    from stages.prepare.images import fit_pixels
+    from stages.images import fit_pixels
 
     for width, height in [(1, 1), (3, 7), (64, 48), (10, 400), (333, 77), (2000, 1500), (5, 5000)]:
         fitted = fit_pixels(Image.new("RGB", (width, height)), low, high)
@@ -364,7 +364,7 @@ BAD_INPUTS = {
     ),
     "broken_jsonl": (
         lambda d: ["geometry3k", "--source", _text(d / "train.jsonl", "{not json\n")],
-        ["train.jsonl", "could not read"],
+        ["train.jsonl line 1", "not valid JSON"],
     ),
     "missing_column": (
         lambda d: ["geometry3k", "--source", _parquet(d, answer=None)],

@@ -329,7 +329,7 @@ def test_no_usable_run_and_bad_options_are_one_line_errors(tmp_path: Path, two_r
         run_main("report", broken, "--out", tmp_path / "r"), "no usable run", "broken"
     )
     assert not (tmp_path / "r").exists()
-    assert_user_error(run_main("report", good, "--smooth", "0"), "--smooth 0")
+    assert_user_error(run_main("report", good, "--smooth", "0"), "--smooth must be positive")
     assert_user_error(run_main("report", good, "--x", "time"), "--x time", "step, tokens")
     assert_user_error(run_main("report", good, "--out", good, "--overwrite"), "would replace run")
     assert_user_error(

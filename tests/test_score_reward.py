@@ -406,6 +406,7 @@ def test_score_items_math_in_order_with_two_workers(hang_guard):
         "accuracy",
         "extracted",
         "timed_out",
+        "non_finite",
     }
 
 
@@ -452,7 +453,7 @@ def test_custom_reward_float_and_dict_and_fields(tmp_path, hang_guard):
     items = [_item("a", 0, "3", "3"), _item("b", 7, " 4", "5", choices=["1", "2"])]
     rows = list(score_items(items, f"{path}:as_float", workers=1, timeout_s=30))
     assert [r["reward"] for r in rows] == [1.0, 0.0]
-    assert set(rows[0]) == {"prompt_id", "sample", "reward", "extracted", "timed_out"}
+    assert set(rows[0]) == {"prompt_id", "sample", "reward", "extracted", "timed_out", "non_finite"}
     assert rows[0]["extracted"] == ""
 
     rows = list(
@@ -467,6 +468,7 @@ def test_custom_reward_float_and_dict_and_fields(tmp_path, hang_guard):
         "sample_seen": 0.0,
         "extracted": "3",
         "timed_out": False,
+        "non_finite": False,
     }
     assert rows[1]["reward"] == 0.25
     assert rows[1]["n_choices"] == 2.0
@@ -496,6 +498,7 @@ def test_custom_reward_that_hangs_times_out(tmp_path, hang_guard):
         "part": 0.0,
         "extracted": "",
         "timed_out": True,
+        "non_finite": False,
     }
     assert rows[1]["reward"] == 1.0 and rows[1]["part"] == 0.5
     assert set(rows[2]) == set(rows[1])
@@ -562,13 +565,34 @@ def test_worker_of_a_killed_parent_does_not_run_for_ever(tmp_path, hang_guard):
         time.sleep(0.1)
 
 
+def test_non_finite_rewards_score_zero_and_are_counted(tmp_path, hang_guard):
+    """A NaN (or infinite) reward or component is the item's problem, not the run's: it scores
+    0 in every component and is counted, as a timed-out item is."""
+    path = _reward_file(
+        tmp_path,
+        """
+        def odd(response, answer, **fields):
+            value = {"nan": float("nan"), "inf": float("inf")}.get(response, 1.0)
+            part = float("-inf") if response == "part" else 0.5
+            return {"reward": value, "part": part, "extracted": response}
+        """,
+    )
+    items = [_item(str(i), 0, text, "x") for i, text in enumerate(["nan", "ok", "inf", "part"])]
+    rows = list(score_items(items, f"{path}:odd", workers=1, timeout_s=30))
+    assert [r["non_finite"] for r in rows] == [True, False, True, True]
+    assert [(r["reward"], r["part"]) for r in rows] == [(0, 0), (1, 0.5), (0, 0), (0, 0)]
+    assert [r["extracted"] for r in rows] == ["nan", "ok", "inf", "part"]
+    assert not any(r["timed_out"] for r in rows)
+    summary = summarize(rows)
+    assert summary["non_finite"] == 3 and summary["reward_mean"] == 0.25
+
+
 @pytest.mark.parametrize(
     ("body", "match"),
     [
         ("raise ZeroDivisionError('boom')", "ZeroDivisionError: boom"),
         ("return 'high'", "str, not a number"),
         ("return None", "NoneType, not a number"),
-        ("return float('nan')", "nan, not a finite number"),
         ("return {'score': 1.0}", "without a 'reward' key"),
         ("return {'reward': 1.0, 'extracted': 3}", "'extracted' is a int"),
         ("return {'reward': 1.0, 'sample': 3}", "may not return"),
@@ -716,4 +740,4 @@ def test_score_pool_keeps_its_workers_between_calls_and_recovers_after_an_error(
 
 
 def test_summarize_empty():
-    assert summarize([]) == {"items": 0, "timed_out": 0}
+    assert summarize([]) == {"items": 0, "timed_out": 0, "non_finite": 0}

@@ -100,7 +100,7 @@ def _check_layout(scores: Path, rollouts: Path, components: list[str]) -> list[d
     """Score rows line up with the rollout rows; columns and types as the contract says."""
     shard_set = open_shards(scores, "scores")
     schema = shard_set.schema
-    assert schema.names == [*BASE, *components, "timed_out"]
+    assert schema.names == [*BASE, *components, "timed_out", "non_finite"]
     for name in ("reward", *components):
         assert schema.field(name).type == pa.float32(), name
     assert schema.field("extracted").type == pa.string()
@@ -245,7 +245,7 @@ def test_custom_reward_returning_a_dict(root, rollouts, answers) -> None:
     assert_ok(result)
     assert summary_line(result).startswith(f"scores written to {out}: {LIMIT * N} items")
     schema = open_shards(out, "scores").schema
-    assert schema.names == [*BASE, "chars", "sample_seen", "has_choices", "timed_out"]
+    assert schema.names == [*BASE, "chars", "sample_seen", "has_choices", "timed_out", "non_finite"]
     assert all(schema.field(c).type == pa.float32() for c in ("chars", "sample_seen"))
     rows = rows_of(out, "scores")
     for row, rollout in zip(rows, rows_of(rollouts, "rollouts"), strict=True):
@@ -262,7 +262,7 @@ def test_custom_reward_returning_a_float(root, rollouts) -> None:
     )
     out = root / "custom-float"
     assert_ok(run_main("score", "--rollouts", rollouts, "--reward", spec, "--out", out))
-    assert open_shards(out, "scores").schema.names == [*BASE, "timed_out"]
+    assert open_shards(out, "scores").schema.names == [*BASE, "timed_out", "non_finite"]
     assert {(r["reward"], r["extracted"]) for r in rows_of(out, "scores")} == {(0.25, "")}
 
 
@@ -298,6 +298,7 @@ def test_timed_out_items_are_counted_in_the_summary_line(root, rollouts) -> None
         "length": 0.0,
         "extracted": "",
         "timed_out": True,
+        "non_finite": False,
     }
 
 
@@ -353,7 +354,10 @@ BAD = {
         ["none.py", "does not exist"],
     ),
     "unknown_reward": (lambda root, r: ["--rollouts", r, "--reward", "maths"], ["'maths'"]),
-    "zero_timeout": (lambda root, r: ["--rollouts", r, "--timeout", "0"], ["time limit"]),
+    "zero_timeout": (
+        lambda root, r: ["--rollouts", r, "--timeout", "0"],
+        ["--timeout must be positive"],
+    ),
     "zero_workers": (lambda root, r: ["--rollouts", r, "--workers", "0"], ["--workers"]),
     "format_weight": (lambda root, r: ["--rollouts", r, "--format-weight", "2"], ["[0, 1]"]),
 }

@@ -184,13 +184,23 @@ def test_iter_batches_streams_in_bounded_batches(prompts_dir: Path) -> None:
     assert [i for b in batches for i in b.column("id").to_pylist()] == [f"p{i}" for i in range(7)]
 
 
-def test_row_count_comes_from_the_manifest(prompts_dir: Path, tmp_path: Path) -> None:
-    # Counting must not read the data: make the manifest's count differ from the parts.
+def test_row_counts_are_checked_against_the_part_footers(prompts_dir: Path, tmp_path: Path) -> None:
+    # A manifest whose counts disagree with its parts is damaged, never trusted (a reader would
+    # silently process fewer rows); the check reads footers only.
     target = copy_set(prompts_dir, tmp_path / "copy")
     manifest = json.loads((target / MANIFEST).read_text())
+    assert open_shards(target).num_rows == manifest["rows"]
     manifest["rows"] = 12345
     (target / MANIFEST).write_text(json.dumps(manifest))
-    assert open_shards(target).num_rows == 12345
+    with pytest.raises(MgpoError, match="'rows' is 12345"):
+        open_shards(target)
+    manifest["rows"] -= 12345 - sum(p["rows"] for p in manifest["parts"]) + 1
+    manifest["parts"][0]["rows"] -= 1
+    (target / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(
+        MgpoError, match="part-00000.parquet: holds 3 rows but manifest.json says 2"
+    ):
+        open_shards(target)
 
 
 # ----------------------------------------------------------------------------- validation

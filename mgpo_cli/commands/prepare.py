@@ -75,9 +75,6 @@ def prepare(
         raise MgpoError("missing dataset NAME (see mgpo prepare --list)")
     if difficulty not in DIFFICULTIES:
         raise MgpoError(f"--difficulty {difficulty}: expected one of {', '.join(DIFFICULTIES)}")
-    for option, value in (("--limit", limit), ("--size", size), ("--image-size", image_size)):
-        if value is not None and value <= 0:
-            raise MgpoError(f"{option} must be positive, got {value}")
     options = PrepareOptions(
         name=name,
         split=split,

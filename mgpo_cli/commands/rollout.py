@@ -39,6 +39,19 @@ def rollout(
         0.6, help="vllm: fraction of GPU memory for the engine."
     ),
     tensor_parallel_size: int = typer.Option(1, help="vllm: GPUs per engine."),
+    max_prompt_tokens: int = typer.Option(
+        None,
+        help="Longest prompt in tokens, image tokens included (counted with the model's own "
+        "processor before anything is rolled out); a longer one stops the run, naming it.  "
+        "\\[default: no limit; vllm: its context (4096, or this + --max-new-tokens) less "
+        "--max-new-tokens]",
+    ),
+    filter_overlong: bool = typer.Option(
+        False,
+        "--filter-overlong",
+        help="Drop prompts longer than --max-prompt-tokens (counted, and listed in the "
+        "manifest) instead of stopping.",
+    ),
     out: Path = typer.Option(
         None, help="Output shard directory.  \\[default: PROMPTS-rollouts beside PROMPTS]"
     ),
@@ -55,18 +68,6 @@ def rollout(
 
     if backend not in BACKENDS:
         raise MgpoError(f"--backend {backend}: unknown backend (choose from {', '.join(BACKENDS)})")
-    for option, value in (
-        ("-n", n),
-        ("--max-new-tokens", max_new_tokens),
-        ("--batch-prompts", batch_prompts),
-        ("--micro-batch", micro_batch),
-    ):
-        if value <= 0:
-            raise MgpoError(f"{option} must be positive, got {value}")
-    if not 0 < top_p <= 1:
-        raise MgpoError(f"--top-p must be in (0, 1], got {top_p}")
-    if temperature < 0:
-        raise MgpoError(f"--temperature must be >= 0, got {temperature}")
     options = RolloutOptions(
         prompts=str(prompts),
         model=model,
@@ -85,6 +86,9 @@ def rollout(
         device=device,
         gpu_memory_utilization=gpu_memory_utilization,
         tensor_parallel_size=tensor_parallel_size,
+        max_model_len=max_prompt_tokens + max_new_tokens if max_prompt_tokens else 4096,
+        max_prompt_tokens=max_prompt_tokens,
+        filter_overlong=filter_overlong,
     )
     written = run_rollout(options)
     Console().print(f"[green]rollouts written to {written}[/]")

@@ -52,4 +52,5 @@ def score(
     Console().print(
         f"[green]scores written to {summary.path}[/]: {summary.items} items, mean reward {summary.reward_mean:.4f}"
         + (f", {summary.timed_out} timed out" if summary.timed_out else "")
+        + (f", {summary.non_finite} non-finite" if summary.non_finite else "")
     )

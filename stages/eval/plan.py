@@ -15,10 +15,19 @@ from typing import Any
 
 import pyarrow as pa
 
+from stages.config import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenUnitFloat,
+    PositiveFloat,
+    PositiveInt,
+    check_values,
+)
 from stages.errors import MgpoError
 from stages.eval.benchmark import Benchmark
 from stages.eval.registry import resolve
 from stages.eval.targets import EvalModel, resolve_models
+from stages.outputs import check_writable
 from stages.schemas import EVAL, ROLLOUTS
 from stages.shards import is_complete
 
@@ -54,24 +63,27 @@ class EvalOptions:
     split: str | None = None
     subset: str | None = None
     query: str | None = None
-    limit: int | None = None
+    limit: PositiveInt | None = None
     source: str | None = None  # the benchmark's local copy; with "all", a folder of BENCH folders
     out: str = "evals"
     judge: str | None = None
     judge_model: str | None = None
-    workers: int = 4
-    timeout_s: float = 10.0
-    max_new_tokens: int = 2048
-    batch_size: int = 16
-    n: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
+    workers: PositiveInt = 4
+    timeout_s: PositiveFloat = 10.0
+    max_new_tokens: PositiveInt = 2048
+    batch_size: PositiveInt = 16
+    n: PositiveInt = 1
+    temperature: NonNegativeFloat = 0.0
+    top_p: OpenUnitFloat = 1.0
     seed: int = 0
-    min_pixels: int | None = None
-    max_pixels: int | None = None
+    min_pixels: NonNegativeInt | None = None
+    max_pixels: PositiveInt | None = None
     dtype: str = "auto"
     device: str = "auto"
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_values(self, flags={"timeout_s": "--timeout", "n": "-n"})
 
 
 @dataclass(frozen=True)
@@ -116,24 +128,11 @@ class Pair:
 
 
 def check_options(options: EvalOptions) -> None:
-    for name, value in (
-        ("--limit", options.limit),
-        ("--max-new-tokens", options.max_new_tokens),
-        ("--batch-size", options.batch_size),
-        ("-n", options.n),
-        ("--workers", options.workers),
-        ("--timeout", options.timeout_s),
-    ):
-        if value is not None and value <= 0:
-            raise MgpoError(f"{name} must be positive, got {value}")
-    if options.temperature < 0:
-        raise MgpoError(f"--temperature must be >= 0, got {options.temperature}")
+    """What ranges alone cannot say (the ranges are checked when ``EvalOptions`` is made)."""
     if options.n > 1 and options.temperature == 0:
         raise MgpoError(
             f"-n {options.n} with greedy decoding repeats one answer; set --temperature"
         )
-    if not 0 < options.top_p <= 1:
-        raise MgpoError(f"--top-p must be in (0, 1], got {options.top_p}")
     from stages.rollout import BACKENDS
 
     if options.backend not in BACKENDS:
@@ -245,8 +244,9 @@ def plan(options: EvalOptions) -> list[Pair]:
         split = bench.check_options(options.split, options.subset, options.query)
         sources[bench.name] = bench_source(bench, options, several=len(benches) > 1)
         check_source_split(bench, sources[bench.name], split)
-    models = resolve_models(options.models)
     out = Path(options.out).expanduser()
+    check_writable(out, "--out")
+    models = resolve_models(options.models)
     pairs = []
     for model in models:
         for bench in benches:

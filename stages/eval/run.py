@@ -20,6 +20,7 @@ whose results all exist is never loaded), and reused across its benchmarks.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import shutil
@@ -210,7 +211,9 @@ def evaluate_pair(
     still missing, before the prompts are made, so a model that cannot load fails fast.
     """
     if options.overwrite and pair.folder.exists():
-        shutil.rmtree(pair.folder)
+        summary = replace_pair(pair, lambda p: evaluate_pair(p, engine, judge, options, done))
+        done[pair.prompt_key()] = pair.prompts
+        return summary
     created = _new_folders(pair.folder)
     try:
         live = engine() if not is_complete(pair.rollouts) else None
@@ -228,6 +231,27 @@ def evaluate_pair(
         if not is_complete(pair.rollouts):
             _remove(created)
         raise
+
+
+def replace_pair(pair: Pair, evaluate: Callable[[Pair], dict[str, Any]]) -> dict[str, Any]:
+    """``--overwrite``: evaluate into a hidden sibling folder and swap it in only when the new
+    results are complete, as shard sets are replaced; a failure keeps the old results."""
+    staged = dataclasses.replace(
+        pair, folder=pair.folder.with_name(f".{pair.folder.name}.overwrite")
+    )
+    if staged.saved_settings() != pair.settings:  # a killed --overwrite run resumes, nothing else
+        shutil.rmtree(staged.folder, ignore_errors=True)
+    try:
+        summary = evaluate(staged)
+    except MgpoError:
+        shutil.rmtree(staged.folder, ignore_errors=True)
+        raise
+    trash = pair.folder.with_name(f".{pair.folder.name}.old")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(pair.folder, trash)
+    os.replace(staged.folder, pair.folder)
+    shutil.rmtree(trash, ignore_errors=True)
+    return summary
 
 
 class LazyEngine:

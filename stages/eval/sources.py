@@ -13,14 +13,14 @@ relative to the source. Every failure to read is one ``MgpoError`` line.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from stages.errors import MgpoError
+from stages.images import load_image
 from stages.sources import (
     FILE_FORMATS,
     config_files,
@@ -120,24 +120,7 @@ def read_rows(dataset: Any, indices: list[int], where: str) -> list[dict[str, An
 
 def to_image(value: Any, base: Path | None, where: str) -> Image.Image:
     """An RGB PIL image from a PIL image, an HF image struct, raw bytes or a (relative) path."""
-    try:
-        if isinstance(value, Image.Image):
-            return value.convert("RGB")
-        if isinstance(value, dict):
-            value = value.get("bytes") or value.get("path")
-        if isinstance(value, (bytes, bytearray)) and value:
-            return Image.open(io.BytesIO(value)).convert("RGB")
-        if isinstance(value, str) and value:
-            path = Path(value)
-            if not path.is_absolute() and base is not None and (base / path).is_file():
-                path = base / path
-            if not path.is_file():
-                raise MgpoError(f"{where}: image file '{value}' not found (relative to {base})")
-            with Image.open(path) as image:
-                return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise MgpoError(f"{where}: unreadable image ({type(error).__name__})") from None
-    raise MgpoError(f"{where}: no image (expected an image struct, bytes or a path)")
+    return load_image(value, base, where).convert("RGB")
 
 
 def first_present(record: dict[str, Any], names: Sequence[str]) -> Any:

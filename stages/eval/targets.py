@@ -1,8 +1,10 @@
 """The models ``mgpo eval`` compares: what each ``--model`` loads, its folder name, its identity.
 
 ``--model`` takes what ``mgpo rollout`` takes (``tiny``, a model folder, a hub id) plus the
-folders ``mgpo train`` writes: a run directory means its exported policy ``RUN/final``, and a
-checkpoint ``RUN/checkpoints/step-000010`` loads as it is. Each model gets a filesystem-safe tag,
+folders ``mgpo train`` writes: a run directory means its exported policy ``RUN/final`` (a run
+killed before it finished: its newest checkpoint), and a checkpoint
+``RUN/checkpoints/step-000010`` loads as it is. A run directory is told from a model folder by
+its ``config.json``, which holds the training recipe rather than a model's ``model_type``. Each model gets a filesystem-safe tag,
 the folder its results go under and its row label in the results table:
 
     tiny                          -> tiny
@@ -18,6 +20,7 @@ written or any weights load, so a typo in the second ``--model`` costs nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -39,21 +42,48 @@ class EvalModel:
     fingerprint: str  # changes when the weights do, so stale results are never reused
 
 
+def is_run_dir(path: Path) -> bool:
+    """A folder ``mgpo train`` wrote: it has ``final/`` or ``checkpoints/``, and its
+    ``config.json``, if readable, is a training recipe (``trainer``...) and not a model config."""
+    if not ((path / "final").is_dir() or (path / "checkpoints").is_dir()):
+        return _is_training_config(path / "config.json")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # missing or damaged: the policy folders inside are what counts
+    return _is_training_config(path / "config.json", config)
+
+
+def _is_training_config(file: Path, config: object = None) -> bool:
+    if config is None:
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+    return isinstance(config, dict) and "trainer" in config and "model_type" not in config
+
+
 def locate(spec: str) -> str:
-    """The model a spec means: a run directory's ``final`` policy, else the spec itself."""
+    """The model a spec means: a run directory's ``final`` policy (else its newest checkpoint),
+    otherwise the spec itself."""
+    from stages.console import console
     from stages.models.loading import BUILTIN
 
     if spec in BUILTIN:
         return spec
     path = Path(spec).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file():
+    if path.is_dir() and is_run_dir(path):
         if (path / "final" / "config.json").is_file():
             return str((path / "final").resolve())
         steps = sorted(p for p in (path / "checkpoints").glob("step-*") if CHECKPOINT.match(p.name))
-        if steps:
+        steps = [p for p in steps if (p / "config.json").is_file()]
+        if not steps:
             raise MgpoError(
-                f"--model {spec}: the run has no final policy yet; pass a checkpoint such as {steps[-1]}"
+                f"--model {spec}: the training run has no policy yet (no final/ and no checkpoint:"
+                " it was stopped before its first checkpoint)"
             )
+        console.print(f"{spec}: the run has no final policy; evaluating its newest checkpoint")
+        return str(steps[-1].resolve())
     return str(path.resolve()) if path.exists() else spec
 
 

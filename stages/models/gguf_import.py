@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 import uuid
 import zipfile
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from stages.errors import MgpoError
+from stages.outputs import check_writable
 
 GGUF_MAGIC = b"GGUF"
 DTYPES = {
@@ -66,11 +68,11 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise MgpoError(f"{out} already exists and is not empty (pass --overwrite)")
-        if (out / "config.json").is_file() or (out / PROVENANCE_FILE).is_file():
-            return  # a model folder: replaced by the rename at the end
-        raise MgpoError(
-            f"{out} is not a model folder; refusing to replace it even with --overwrite"
-        )
+        if not ((out / "config.json").is_file() or (out / PROVENANCE_FILE).is_file()):
+            raise MgpoError(
+                f"{out} is not a model folder; refusing to replace it even with --overwrite"
+            )
+    check_writable(out, "OUT", beside=True)  # a model folder is replaced by a rename at the end
 
 
 def _load_from_gguf(path: Path) -> tuple[Any, Any]:
@@ -88,9 +90,11 @@ def _load_from_gguf(path: Path) -> tuple[Any, Any]:
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except ImportError as error:  # the gguf package is what transformers needs here
         raise MgpoError(f"cannot read {path}: {error} (pip install gguf)") from error
-    except (ValueError, KeyError, OSError, RuntimeError, NotImplementedError) as error:
+    except Exception as error:  # noqa: BLE001 - a damaged or truncated file fails in many ways
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise MgpoError(f"cannot import {path}: {first}") from error
+        if isinstance(error, struct.error | EOFError | IndexError):  # reading past the end
+            first = f"the file looks truncated or damaged ({type(error).__name__}: {first})"
+        raise MgpoError(f"cannot import {path}: {first}") from None
     return model, tokenizer
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stages.config import NonNegativeInt, PositiveInt, check_values
 from stages.prepare import arithmetic, geometry3k, shapes
 
 
@@ -18,15 +19,18 @@ class PrepareOptions:
     split: str = "train"
     source: str | None = None
     out: str | None = None
-    min_pixels: int | None = None
-    max_pixels: int | None = None
+    min_pixels: NonNegativeInt | None = None
+    max_pixels: PositiveInt | None = None
     template: str | None = None
-    limit: int | None = None
+    limit: PositiveInt | None = None
     seed: int = 0
-    size: int | None = None
+    size: PositiveInt | None = None
     difficulty: str = "easy"
-    image_size: int = 112
+    image_size: PositiveInt = 112
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_values(self, flags={})
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("data") / self.name / self.split

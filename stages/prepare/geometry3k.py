@@ -48,19 +48,24 @@ def problems(source: str | None, split: str) -> Iterator[dict[str, Any]]:
         for batch in records.with_format("arrow").iter(batch_size=64)
         for row in batch.to_pylist()
     )
-    for index, record in enumerate(rows):
-        meta = {"row": index}
-        if record.get("id") is not None:  # the current hub revision numbers its problems
-            meta["geometry3k_id"] = record["id"]
-        yield {
-            "problem": record["problem"],
-            "answer": record["answer"],  # a null stays None (checked by the stage, not "None")
-            "images": record["images"] or [],
-            "choices": record.get("choices"),
-            "where": f"{where} row {index}",
-            "base": base,
-            "meta": meta,
-        }
+    index = 0
+    try:
+        for index, record in enumerate(rows):
+            meta = {"row": index}
+            if record.get("id") is not None:  # the current hub revision numbers its problems
+                meta["geometry3k_id"] = record["id"]
+            yield {
+                "problem": record["problem"],
+                "answer": record["answer"],  # a null stays None (checked by the stage, not "None")
+                "images": record["images"] or [],
+                "choices": record.get("choices"),
+                "where": f"{where} row {index}",
+                "base": base,
+                "meta": meta,
+            }
+    except (UnicodeDecodeError, OSError, ValueError) as error:  # text that is not UTF-8, ...
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise MgpoError(f"{where}: unreadable row at or after row {index} ({first})") from None
 
 
 def is_intergps(path: Path) -> bool:

@@ -11,8 +11,9 @@ from typing import Any
 
 from stages.console import console, progress
 from stages.errors import MgpoError
+from stages.images import fit_pixels, load_image
+from stages.outputs import check_writable
 from stages.prepare.datasets import DATASETS, DatasetSpec, PrepareOptions
-from stages.prepare.images import fit_pixels, load_image
 from stages.prompt_templates import load_template, render
 from stages.shards import ShardWriter, is_complete, open_shards
 
@@ -93,6 +94,7 @@ def run_prepare(options: PrepareOptions, command: str = "mgpo prepare") -> Path:
     if is_complete(out) and not options.overwrite and _prepared_with(out) == config:
         console.print(f"{out} is already prepared with these settings; nothing to do")
         return out
+    check_writable(out, "--out", beside=True)
     producer = {"command": command, "stage": "prepare", "config": config}
     with (
         ShardWriter(

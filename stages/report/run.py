@@ -12,7 +12,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stages.config import PositiveInt, check_values
 from stages.errors import MgpoError
+from stages.outputs import check_writable
 from stages.report.html import html_report
 from stages.report.markdown import markdown_report
 from stages.report.plots import X_LABELS, Plot, make_plots, require_matplotlib
@@ -24,9 +26,12 @@ from stages.report.tables import Table, eval_table, final_table
 class ReportOptions:
     runs: tuple[str, ...]
     out: str = "report"
-    smooth: int = 1  # moving-average window in points; 1 = raw values
+    smooth: PositiveInt = 1  # moving-average window in points; 1 = raw values
     x: str = "step"  # "step" or "tokens" (cumulative response tokens trained)
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_values(self, flags={})
 
 
 @dataclass
@@ -45,8 +50,6 @@ def check_options(options: ReportOptions) -> Path:
     """Refuse bad options before anything is read or written; returns the output folder."""
     if not options.runs:
         raise MgpoError("no run directory given")
-    if options.smooth < 1:
-        raise MgpoError(f"--smooth {options.smooth}: expected a window of 1 or more points")
     if options.x not in X_LABELS:
         raise MgpoError(f"--x {options.x}: expected one of {', '.join(X_LABELS)}")
     out = Path(options.out)
@@ -59,6 +62,7 @@ def check_options(options: ReportOptions) -> Path:
             raise MgpoError(f"--out {out}: would replace run {run} (choose another folder)")
     if out.is_dir() and any(out.iterdir()) and not options.overwrite:
         raise MgpoError(f"--out {out}: exists and is not empty (pass --overwrite to replace it)")
+    check_writable(out, "--out", beside=True)
     return out
 
 

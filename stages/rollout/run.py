@@ -5,7 +5,10 @@ sampled with a seed derived from the run seed and the batch's first prompt. A re
 finds the finished parts in the staging directory, skips those prompts, and produces exactly the
 rows an uninterrupted run would have: no duplicates, nothing missing. Staged parts are only
 resumed by a run with the same settings over the same prompt content (the prompts' manifest hash
-is part of the producer record); a user error (``MgpoError``) leaves nothing behind.
+is part of the producer record); a user error (``MgpoError``) leaves nothing behind. Prompts
+longer than ``max_prompt_tokens`` (image tokens included; with vLLM and no limit given, what its
+context leaves after ``max_new_tokens``) stop the run before any is rolled out, naming the first,
+or with ``filter_overlong`` are dropped, counted and listed in the manifest.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ from typing import Any
 
 from rich.progress import TextColumn
 
+from stages.config import NonNegativeFloat, OpenUnitFloat, PositiveInt, check_values
 from stages.console import console, progress
 from stages.errors import MgpoError
+from stages.models.prompt_length import overlong_error, overlong_prompts
+from stages.outputs import check_writable
 from stages.rollout.backends import make_engine
 from stages.rollout.engine_api import Engine
 from stages.shards import ShardSet, ShardWriter, check_target, open_shards, prompt_row
@@ -33,15 +39,15 @@ class RolloutOptions:
     prompts: str
     model: str = "Qwen/Qwen2.5-VL-3B-Instruct"
     backend: str = "hf"
-    n: int = 5
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 2048
-    batch_prompts: int = 64  # prompts per part (and per resumable unit)
-    micro_batch: int = 64  # sequences (prompt x sample) per generate call (hf)
+    n: PositiveInt = 5
+    temperature: NonNegativeFloat = 1.0
+    top_p: OpenUnitFloat = 1.0
+    max_new_tokens: PositiveInt = 2048
+    batch_prompts: PositiveInt = 64  # prompts per part (and per resumable unit)
+    micro_batch: PositiveInt = 64  # sequences (prompt x sample) per generate call (hf)
     seed: int = 0
     policy_step: int = 0
-    limit: int | None = None
+    limit: PositiveInt | None = None
     prompt_ids: tuple[str, ...] | None = (
         None  # only these prompts, in this order (the trainer's batch)
     )
@@ -49,9 +55,14 @@ class RolloutOptions:
     overwrite: bool = False
     dtype: str = "auto"
     device: str = "auto"
-    gpu_memory_utilization: float = 0.6
-    tensor_parallel_size: int = 1
-    max_model_len: int = 4096
+    gpu_memory_utilization: OpenUnitFloat = 0.6
+    tensor_parallel_size: PositiveInt = 1
+    max_model_len: PositiveInt = 4096
+    max_prompt_tokens: PositiveInt | None = None  # None: no limit (vllm: its context's)
+    filter_overlong: bool = False  # drop longer prompts instead of stopping
+
+    def __post_init__(self) -> None:
+        check_values(self, flags={"n": "-n"})
 
     def out_dir(self) -> Path:
         if self.out:
@@ -119,13 +130,51 @@ def _prompt_batches(
 
 def _check(options: RolloutOptions, out: Path) -> None:
     """Everything about the options and the output that can be refused before a model loads."""
-    if options.limit is not None and options.limit < 1:
-        raise MgpoError(f"--limit must be positive, got {options.limit}")
-    if options.batch_prompts < 1:
-        raise MgpoError(f"--batch-prompts must be positive, got {options.batch_prompts}")
     if out.resolve() == Path(options.prompts).resolve():
         raise MgpoError(f"--out {out}: is the prompts directory; choose another output directory")
     check_target(out, overwrite=options.overwrite)
+    check_writable(out, "--out", beside=True)
+
+
+def _decoded(prompts: ShardSet, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Prompt rows with their images decoded; a bad row names its part, row and column."""
+    rows = []
+    for row in batch:
+        try:
+            rows.append(prompt_row(row))
+        except MgpoError as error:
+            raise MgpoError(f"{prompts.where(row['id'])}: {error}") from None
+    return rows
+
+
+def _overlong(options: RolloutOptions, prompts: ShardSet, engine: Engine) -> set[str]:
+    """Ids of the prompts to drop for being too long; MgpoError on the first unless
+    ``filter_overlong`` (see the module docstring)."""
+    limit, option = options.max_prompt_tokens, "--max-prompt-tokens"
+    if limit is None and options.backend == "vllm":
+        limit = options.max_model_len - options.max_new_tokens
+        option = f"vLLM's context ({options.max_model_len}) less --max-new-tokens:"
+        if limit < 1:
+            raise MgpoError(f"--max-new-tokens {options.max_new_tokens} fills vLLM's whole context")
+    io = getattr(engine, "io", None)
+    if limit is None or io is None:
+        return set()
+    rows = prompts.iter_rows(columns=["id", "prompt", "images"])
+    if options.prompt_ids is not None:
+        wanted = set(options.prompt_ids)
+        rows = (row for row in rows if row["id"] in wanted)
+    else:
+        rows = itertools.islice(rows, options.limit)
+    found = overlong_prompts(io, rows, limit, prompts.where)
+    if found and not options.filter_overlong:
+        advice = "pass --filter-overlong to drop such prompts, or allow longer ones"
+        raise overlong_error(prompts.where(found[0][0]), found[0], option, limit, advice)
+    if found:
+        console.print(
+            f"[yellow]{len(found)} prompt(s) longer than {limit} tokens dropped"
+            f" (first: {found[0][0]!r}, {found[0][1]} tokens)[/]"
+        )
+    return {prompt_id for prompt_id, _ in found}
 
 
 def _check_device(device: str) -> None:
@@ -158,6 +207,9 @@ def run_rollout(
         _check_device(options.device)
     prompts = open_shards(options.prompts, "prompts")
     batches, total = _prompt_batches(options, prompts)
+    if engine is None:
+        engine = make_engine(options.backend, options)
+    skip = _overlong(options, prompts, engine)
     config = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("overwrite", "out")}
     # Absolute, so `mgpo score` finds the prompts from any working directory.
     config["prompts"] = str(Path(options.prompts).resolve())
@@ -168,8 +220,8 @@ def run_rollout(
         # Staged parts of a run over other prompt content (re-prepared in place) are not resumed.
         "prompts_sha256": prompts.manifest.get("content_sha256"),
     }
-    if engine is None:
-        engine = make_engine(options.backend, options)
+    if skip:
+        producer["overlong_prompts"] = sorted(skip)
     sampling = options.sampling()
     with ShardWriter(
         out,
@@ -189,13 +241,14 @@ def run_rollout(
             # Prompts done before start as the task's starting point, not as progress made now,
             # so the ETA is not skewed by batches skipped in no time.
             task = bar.add_task(
-                "rollout", total=total, completed=len(done), speed="", visible=not quiet
+                "rollout", total=total - len(skip), completed=len(done), speed="", visible=not quiet
             )
             try:
                 for batch in batches:
+                    batch = [row for row in batch if row["id"] not in skip]
                     if all(row["id"] in done for row in batch):
                         continue
-                    rows = [prompt_row(row) for row in batch]
+                    rows = _decoded(prompts, batch)
                     samples = engine.generate(
                         rows, **sampling, seed=batch_seed(options.seed, batch[0]["id"])
                     )

@@ -9,7 +9,9 @@ where ``fields`` are the item's other keys (``prompt_id``, ``sample``, ``choices
 ``format_weight``). A custom function should therefore end its parameters with ``**kwargs``.
 It returns either the reward as a number, or a dict with a numeric ``reward`` key plus other
 numeric components (e.g. ``format``, ``accuracy``) and optionally ``extracted``, a string naming
-the answer it read. Every item of one run must give the same component names.
+the answer it read. Every item of one run must give the same component names. A NaN or infinite
+value does not stop the run: the item scores 0 (every component 0) and is counted as
+``non_finite``, as an item past its time limit is counted as ``timed_out``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from stages.score.short_answer import short_answer_reward
 RewardFn = Callable[..., Any]
 
 # Keys a score row has besides the components: a reward function may not return them.
-RESERVED = ("prompt_id", "sample", "timed_out")
+RESERVED = ("prompt_id", "sample", "timed_out", "non_finite")
 
 
 def _math(
@@ -119,19 +121,25 @@ def builtin_components(spec: str) -> tuple[str, ...] | None:
 
 
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, numbers.Real):  # bool, int, float, numpy scalars
-        out = float(value)
-        if math.isfinite(out):
-            return out
-        raise ValueError(f"{name} is {out}, not a finite number")
+    if isinstance(value, numbers.Real):  # bool, int, float, numpy scalars; NaN stays NaN here
+        return float(value)
     raise TypeError(f"{name} is a {type(value).__name__}, not a number")
+
+
+def zero_if_not_finite(row: dict[str, float | str]) -> tuple[dict[str, float | str], bool]:
+    """``row`` with every number 0.0 if any of them is NaN or infinite, and whether it was."""
+    numbers_ = [v for k, v in row.items() if k != "extracted"]
+    if all(math.isfinite(v) for v in numbers_):  # type: ignore[arg-type]
+        return row, False
+    return {k: (v if k == "extracted" else 0.0) for k, v in row.items()}, True
 
 
 def check_result(result: Any) -> dict[str, float | str]:
     """A reward function's return value as ``{"reward", <components>, "extracted"}``.
 
     Raises TypeError / ValueError (the caller names the item and function) for anything that is
-    not a finite number or a dict of finite numbers with a ``reward`` key.
+    not a number or a dict of numbers with a ``reward`` key. A NaN or infinite value zeroes every
+    number of the row and adds ``non_finite: True`` (the runner counts and removes it).
     """
     if not isinstance(result, Mapping):
         return {"reward": _number("the returned value", result), "extracted": ""}
@@ -150,4 +158,5 @@ def check_result(result: Any) -> dict[str, float | str]:
         else:
             row[key] = _number(repr(key), value)
     row.setdefault("extracted", "")
-    return row
+    row, bad = zero_if_not_finite(row)
+    return {**row, "non_finite": True} if bad else row

@@ -11,8 +11,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from stages.config import PositiveFloat, PositiveInt, UnitFloat, check_values
 from stages.console import console, progress
 from stages.errors import MgpoError
+from stages.outputs import check_writable
 from stages.schemas import SCORES
 from stages.score.runner import ScorePool, score_items
 from stages.shards import ShardWriter, check_target, open_shards
@@ -23,11 +25,14 @@ class ScoreOptions:
     rollouts: str
     prompts: str | None = None  # default: the prompt shards the rollouts were made from
     reward: str = "math"
-    workers: int = 1
-    timeout_s: float = 5.0
-    format_weight: float | None = None  # None: the reward's own default (0.1 for math)
+    workers: PositiveInt = 1
+    timeout_s: PositiveFloat = 5.0
+    format_weight: UnitFloat | None = None  # None: the reward's own default (0.1 for math)
     out: str | None = None
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_values(self, flags={"timeout_s": "--timeout"})
 
     def out_dir(self) -> Path:
         if self.out:
@@ -43,6 +48,7 @@ class ScoreSummary:
     items: int
     reward_mean: float
     timed_out: int
+    non_finite: int = 0  # items whose reward was NaN or infinite (scored 0)
 
 
 def prompts_of(rollouts_dir: str, given: str | None) -> str:
@@ -113,10 +119,6 @@ def run_score(
     ``pool``: workers from ``score_pool`` for the same reward settings, kept by a caller that
     scores many times (the trainer, every step).
     """
-    if options.workers <= 0:
-        raise MgpoError(f"--workers must be positive, got {options.workers}")
-    if options.format_weight is not None and not 0.0 <= options.format_weight <= 1.0:
-        raise MgpoError(f"format weight must be in [0, 1], got {options.format_weight}")
     if pool is not None and (pool.spec, pool.workers, pool.timeout_s, pool.options) != (
         options.reward,
         options.workers,
@@ -131,6 +133,7 @@ def run_score(
     if any(out.resolve() == Path(path).resolve() for path in (options.rollouts, prompts_dir)):
         raise MgpoError(f"--out {out}: is an input directory; choose another output directory")
     check_target(out, overwrite=options.overwrite)
+    check_writable(out, "--out", beside=True)
     items, total = _items(options, prompts_dir)
     config = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("overwrite", "out")}
     config["prompts"] = str(
@@ -161,12 +164,15 @@ def run_score(
     ) as writer:
         writer.add(rows)
     timed_out = sum(bool(r.get("timed_out")) for r in rows)
+    non_finite = sum(bool(r.get("non_finite")) for r in rows)
     mean = sum(r["reward"] for r in rows) / max(len(rows), 1)
     if timed_out and not quiet:
         console.print(
             f"[yellow]{timed_out} item(s) hit the {options.timeout_s:g}s limit and scored 0[/]"
         )
-    return ScoreSummary(path=out, items=len(rows), reward_mean=mean, timed_out=timed_out)
+    if non_finite and not quiet:
+        console.print(f"[yellow]{non_finite} item(s) got a NaN or infinite reward and scored 0[/]")
+    return ScoreSummary(out, len(rows), mean, timed_out, non_finite)
 
 
 def _schema_for(rows: list[dict[str, Any]]) -> pa.Schema:

@@ -233,11 +233,12 @@ def score_items(
     ``format_weight``). Yields, in input order, rows
     ``{prompt_id, sample, reward, <components>, extracted, timed_out}``; an item that runs past
     ``timeout_s`` gets ``reward`` and every component 0.0, ``extracted`` "" and
-    ``timed_out=True``, and its worker is killed and replaced.
+    ``timed_out=True``, and its worker is killed and replaced. An item whose reward or a component
+    is NaN or infinite scores 0 in every component, with ``non_finite=True``.
 
     Raises MgpoError for a bad spec or option here, before any work; for a reward file that fails
     to load before the first item is scored; and for an item whose reward function raises,
-    returns something other than a finite number or a dict with ``reward``, or kills its worker,
+    returns something other than a number or a dict with ``reward``, or kills its worker,
     naming the item and the function. Items are read lazily, at most ``workers`` ahead.
     """
     pool = ScorePool(
@@ -275,8 +276,8 @@ class ScorePool:
     ) -> None:
         if workers < 1:
             raise MgpoError(f"--workers must be at least 1, got {workers}")
-        if not timeout_s > 0:
-            raise MgpoError(f"reward time limit must be positive, got {timeout_s}")
+        if not 0 < timeout_s < float("inf"):  # NaN fails both comparisons
+            raise MgpoError(f"reward time limit must be a positive number, got {timeout_s}")
         split_spec(reward_fn_spec)
         self.spec, self.workers, self.timeout_s = reward_fn_spec, workers, timeout_s
         self.options = dict(options or {})
@@ -324,6 +325,7 @@ def _score(
     components = builtin_components(spec)
     names: dict[int, Mapping[str, Any]] = {}  # index -> item identity, until its row is yielded
     done: dict[int, dict[str, Any] | None] = {}  # index -> row (None: timed out)
+    non_finite: set[int] = set()  # items whose reward came back NaN or infinite (scored 0)
     source = iter(items)
     taken = 0
     exhausted = False
@@ -342,6 +344,7 @@ def _score(
             "sample": item.get("sample"),
             **result,
             "timed_out": timed,
+            "non_finite": index in non_finite,
         }
 
     pool.wait_ready()
@@ -398,6 +401,8 @@ def _score(
             if kind == "error":
                 raise fail(index, payload)
             result = dict(payload)
+            if result.pop("non_finite", False):  # check_result zeroed a NaN/inf value
+                non_finite.add(index)
             got = tuple(k for k in result if k not in ("reward", "extracted"))
             if components is None:
                 components = got
@@ -425,17 +430,18 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, float | int]:
     """Counts and means of score rows: ``items``, ``timed_out``, ``reward_mean`` and the mean of
     every numeric component (``accuracy_mean``, ...); means are 0.0 for no rows."""
     count = 0
-    timeouts = 0
+    flags = {"timed_out": 0, "non_finite": 0}  # items scored 0: past the limit, NaN/inf reward
     sums: dict[str, float] = {}
     for row in rows:
         count += 1
-        timeouts += bool(row.get("timed_out"))
+        for flag in flags:
+            flags[flag] += bool(row.get(flag))
         for key, value in row.items():
-            if key in ("prompt_id", "sample", "timed_out") or isinstance(value, (str, bool)):
+            if key in ("prompt_id", "sample") or isinstance(value, (str, bool)):
                 continue
             if isinstance(value, (int, float)):
                 sums[key] = sums.get(key, 0.0) + float(value)
-    summary: dict[str, float | int] = {"items": count, "timed_out": timeouts}
+    summary: dict[str, float | int] = {"items": count, **flags}
     for key, total in sums.items():
         summary[f"{key}_mean"] = total / count
     return summary

@@ -2,12 +2,23 @@
 
 Every field is a recipe key (``section.field``) and can be overridden on the command line with
 ``--set section.field=value``; the common ones also have their own flags (``--algo``, ``--alpha``...).
+A number's range is declared once, in its type (``PositiveInt``, ``UnitFloat``...: see
+:mod:`stages.config`), and every float must be finite; ``check`` refuses the rest.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stages.config import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenUnitFloat,
+    PositiveFloat,
+    PositiveInt,
+    UnitFloat,
+    check_values,
+)
 from stages.errors import MgpoError
 
 
@@ -24,68 +35,70 @@ class ModelConfig:
 class DataConfig:
     train: str = "data/geometry3k/train"  # prompt shards
     val: str | None = None  # held-out prompt shards for validation (greedy)
-    val_limit: int | None = None  # validate on the first K held-out prompts only
+    val_limit: PositiveInt | None = None  # validate on the first K held-out prompts only
     shuffle: bool = True
+    # Prompts longer than rollout.max_prompt_tokens (image tokens included): dropped, with their
+    # ids in RUN/overlong_prompts.json (true), or the run stops naming the first one (false).
+    filter_overlong: bool = True
 
 
 @dataclass(frozen=True)
 class RolloutConfig:
     backend: str = "hf"  # hf | vllm
-    batch_prompts: int = 512  # prompts per training step (the rollout batch)
-    n: int = 5  # samples per prompt
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 2048
-    max_prompt_tokens: int = 2048
-    micro_batch: int = 64  # sequences (prompt x sample) per generate call (hf)
-    gpu_memory_utilization: float = 0.6
-    tensor_parallel_size: int = 1
-    max_resample_rounds: int = (
-        3  # DAPO dynamic sampling / GPG threshold: extra rollout rounds at most
-    )
+    batch_prompts: PositiveInt = 512  # prompts per training step (the rollout batch)
+    n: PositiveInt = 5  # samples per prompt
+    temperature: NonNegativeFloat = 1.0
+    top_p: OpenUnitFloat = 1.0
+    max_new_tokens: PositiveInt = 2048
+    max_prompt_tokens: PositiveInt = 2048  # longer prompts: see data.filter_overlong
+    micro_batch: PositiveInt = 64  # sequences (prompt x sample) per generate call (hf)
+    gpu_memory_utilization: OpenUnitFloat = 0.6
+    tensor_parallel_size: PositiveInt = 1
+    # DAPO dynamic sampling / GPG threshold: extra rollout rounds at most
+    max_resample_rounds: NonNegativeInt = 3
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
     reward: str = "math"  # math | short_answer | path/to/file.py:function
-    workers: int = 1
-    timeout_s: float = 5.0
-    format_weight: float | None = None  # None: the reward's default (math: 0.1)
+    workers: PositiveInt = 1
+    timeout_s: PositiveFloat = 5.0
+    format_weight: UnitFloat | None = None  # None: the reward's default (math: 0.1)
 
 
 @dataclass(frozen=True)
 class AlgoConfig:
     name: str = "mgpo"  # grpo | gspo | mgpo | dapo | dr_grpo | gpg
     alpha: float | str = 0.5  # MGPO blend on selected tokens, or "dyn"
-    beta: float = 0.5  # MGPO: fraction of most uncertain tokens blended
-    eps_low: float | None = None  # None: the algorithm's own default
-    eps_high: float | None = None
-    kl_coef: float = 0.0  # k3 KL to the initial policy (0: off, as in the paper)
+    beta: UnitFloat = 0.5  # MGPO: fraction of most uncertain tokens blended
+    eps_low: NonNegativeFloat | None = None  # None: the algorithm's own default
+    eps_high: NonNegativeFloat | None = None
+    kl_coef: NonNegativeFloat = 0.0  # k3 KL to the initial policy (0: off, as in the paper)
     std_normalise: bool = True  # divide advantages by the group std (GRPO-style)
     dynamic_sampling: bool | None = None  # None: on for dapo only
-    gpg_threshold: float = 0.0  # GPG: carry valid samples over while below this fraction
+    gpg_threshold: UnitFloat = 0.0  # GPG: carry valid samples over while below this fraction
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-6
-    weight_decay: float = 0.01
+    lr: PositiveFloat = 1e-6
+    weight_decay: NonNegativeFloat = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: str = "constant"  # constant | linear | cosine
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    epochs: int = 1  # passes over each rollout batch
-    mini_batches: int = 1  # optimizer steps per epoch
-    micro_batch: int = 8  # sequences per forward/backward (gradient accumulation)
+    warmup_steps: NonNegativeInt = 0
+    grad_clip: PositiveFloat = 1.0
+    epochs: PositiveInt = 1  # passes over each rollout batch
+    mini_batches: PositiveInt = 1  # optimizer steps per epoch
+    micro_batch: PositiveInt = 8  # sequences per forward/backward (gradient accumulation)
 
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    steps: int = 100
+    steps: PositiveInt = 100
     seed: int = 0
-    val_every: int = 10  # 0: never
-    save_every: int = 10  # 0: only at the end
-    keep_last: int = 2
+    val_every: NonNegativeInt = 10  # 0: never
+    save_every: NonNegativeInt = 10  # 0: only at the end
+    keep_last: NonNegativeInt = 2  # 0: keep every checkpoint
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     strategy: str = "ddp"  # ddp (every process holds the whole model) | fsdp (FSDP2 sharding)
     # Encode each prompt once per group in the old log-probs and the update (one packed row per
@@ -93,7 +106,9 @@ class TrainerConfig:
     # reads a bare on / off as true / false: both spellings are accepted.
     shared_prefix: str | bool = "auto"
     device: str = "auto"  # auto | cpu | cuda
-    cpu_threads: int = 0  # torch CPU threads (0: torch's default); 1 is fastest for tiny models
+    cpu_threads: NonNegativeInt = (
+        0  # torch CPU threads (0: torch's default); 1 is fastest for tiny models
+    )
     wandb: bool = False
     require_gpu: bool = False  # refuse to start on a machine without a GPU
 
@@ -134,6 +149,7 @@ ALGORITHM_NAMES = ("grpo", "gspo", "mgpo", "dapo", "dr_grpo", "gpg")
 
 def check(config: TrainConfig) -> None:
     """Reject settings that cannot be right, with one line naming the key."""
+    check_values(config)  # every number finite and inside its declared range
     algo = config.algo
     if algo.name not in ALGORITHM_NAMES:
         raise MgpoError(f"algo.name '{algo.name}': expected one of {', '.join(ALGORITHM_NAMES)}")
@@ -141,26 +157,6 @@ def check(config: TrainConfig) -> None:
         raise MgpoError(f"algo.alpha '{algo.alpha}': expected a number in [0, 1] or 'dyn'")
     if not isinstance(algo.alpha, str) and not 0.0 <= algo.alpha <= 1.0:
         raise MgpoError(f"algo.alpha {algo.alpha}: expected a number in [0, 1] or 'dyn'")
-    if not 0.0 <= algo.beta <= 1.0:
-        raise MgpoError(f"algo.beta {algo.beta}: expected a number in [0, 1]")
-    positive = {
-        "rollout.batch_prompts": config.rollout.batch_prompts,
-        "rollout.n": config.rollout.n,
-        "rollout.max_new_tokens": config.rollout.max_new_tokens,
-        "rollout.micro_batch": config.rollout.micro_batch,
-        "optim.epochs": config.optim.epochs,
-        "optim.mini_batches": config.optim.mini_batches,
-        "optim.micro_batch": config.optim.micro_batch,
-        "trainer.steps": config.trainer.steps,
-        "score.workers": config.score.workers,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise MgpoError(f"{key} must be positive, got {value}")
-    if config.optim.lr <= 0:
-        raise MgpoError(f"optim.lr must be positive, got {config.optim.lr}")
-    if config.rollout.temperature < 0:
-        raise MgpoError(f"rollout.temperature must be >= 0, got {config.rollout.temperature}")
     if config.rollout.backend not in ("hf", "vllm"):
         raise MgpoError(f"rollout.backend '{config.rollout.backend}': expected hf or vllm")
     if config.optim.schedule not in ("constant", "linear", "cosine"):

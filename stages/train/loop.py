@@ -34,6 +34,7 @@ from stages.train.data_order import Position, take
 from stages.train.live import LiveView
 from stages.train.memory_plan import check_fits
 from stages.train.metrics_log import MetricsLog, step_metrics
+from stages.train.overlong import fitting_ids, write_report
 from stages.train.policy import Policy
 from stages.train.run_dir import check_run_dir, write_run_dir
 from stages.train.samples import Group, StepBatch, read_groups
@@ -55,14 +56,21 @@ class Trainer:
             )
         else:
             self.engine = make_engine(rollout.backend, self._rollout_options("", "", 0, 0))
-        self.prompt_ids = [
-            r["id"] for r in open_shards(config.data.train, "prompts").iter_rows(columns=["id"])
-        ]
+        # Prompts too long for rollout.max_prompt_tokens are dropped (or stop the run) now.
+        limit, drop = rollout.max_prompt_tokens, config.data.filter_overlong
+        self.prompt_ids, dropped = fitting_ids(self.policy.io, config.data.train, limit, drop)
         if not self.prompt_ids:
             raise MgpoError(f"{config.data.train}: no prompts to train on")
+        self.val_ids, val_dropped = (
+            fitting_ids(self.policy.io, config.data.val, limit, drop)
+            if config.data.val
+            else ([], [])
+        )
+        self.overlong = {"train": dropped, "val": val_dropped}
         self.position = Position()
         self.step = 0
-        self.scorer: ScorePool | None = None  # scoring workers, started on first use
+        # Scoring workers start on first use; making the pool now checks the reward spec.
+        self.scorer: ScorePool | None = score_pool(self._score_options("", "", ""))
 
     @property
     def is_main(self) -> bool:
@@ -206,8 +214,11 @@ class Trainer:
         config = self.config
         if not config.data.val:
             return {}
+        ids, limit = None, config.data.val_limit
+        if self.overlong["val"]:  # the first val_limit prompts that fit
+            ids, limit = self.val_ids[: config.data.val_limit], None
         _, scores, _ = self.rollout_and_score(
-            step_dir, "val-", config.data.val, None, 0, greedy=True, limit=config.data.val_limit
+            step_dir, "val-", config.data.val, ids, 0, greedy=True, limit=limit
         )
         rows = list(open_shards(scores, "scores").iter_rows())
         metrics = {"val_reward": sum(r["reward"] for r in rows) / max(len(rows), 1)}
@@ -248,47 +259,72 @@ def run_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     from accelerate import PartialState
 
     run_dir = check_run_dir(config, resume=resume, overwrite=overwrite)
+    fresh = not (resume and (run_dir / "config.json").is_file())
     state = PartialState(cpu=not (torch.cuda.is_available() and config.trainer.device != "cpu"))
+    # Everything that can be refused (model, data, reward) is, before the run folder is touched.
+    trainer = Trainer(config, run_dir)
     state.wait_for_everyone()
     if state.is_main_process:
         write_run_dir(config, overwrite=overwrite and not resume)
+        if any(trainer.overlong.values()):
+            write_report(run_dir, config.rollout.max_prompt_tokens, trainer.overlong)
+            counts = ", ".join(f"{len(v)} {k}" for k, v in trainer.overlong.items() if v)
+            console.print(
+                f"[yellow]dropped prompts longer than rollout.max_prompt_tokens"
+                f" ({config.rollout.max_prompt_tokens} tokens): {counts}; ids in"
+                f" {run_dir / 'overlong_prompts.json'}[/]"
+            )
     state.wait_for_everyone()
-    trainer = Trainer(config, run_dir)
     with contextlib.closing(trainer):  # stops the scoring workers, also on errors
-        log = MetricsLog(
-            run_dir, enabled=trainer.is_main, wandb=config.trainer.wandb, config=to_dict(config)
-        )
-        if resume and trainer.restore():
+        try:
+            return _train(trainer, config, run_dir, resume)
+        except MgpoError:
+            # Bad input met in the first step of a new run: leave no run folder that a rerun
+            # would have to be told to --overwrite.
+            if fresh and trainer.step == 0 and trainer.is_main:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+def _train(trainer: Trainer, config: TrainConfig, run_dir: Path, resume: bool) -> Path:
+    """The step loop of ``run_train``, from a fresh start or the last checkpoint."""
+    log = MetricsLog(
+        run_dir, enabled=trainer.is_main, wandb=config.trainer.wandb, config=to_dict(config)
+    )
+    if resume:
+        restored = trainer.restore()
+        if restored:
             console.print(f"resuming {run_dir} after step {trainer.step}")
-            log.truncate_after(trainer.step)
-            if trainer.is_main:
-                for stale in (run_dir / "steps").glob("step-*"):
-                    if int(stale.name.split("-")[1]) > trainer.step:
-                        shutil.rmtree(stale, ignore_errors=True)
-        trainer.wait_for_everyone()
-        if trainer.step == 0 and config.trainer.val_every and config.data.val:
-            log.write(0, {"step": 0, **trainer.validate(run_dir / "steps" / "step-000000")})
-        with LiveView(config.trainer.steps, start=trainer.step, enabled=trainer.is_main) as live:
-            while trainer.step < config.trainer.steps:
-                started = time.perf_counter()
-                step_dir = run_dir / "steps" / f"step-{trainer.step + 1:06d}"
-                batch, metrics = trainer.collect(step_dir)
-                metrics.update(trainer.update(batch))
-                trainer.step += 1
-                if config.rollout.backend != "hf":
-                    trainer.engine.update_weights(trainer.policy.module.named_parameters())
-                if config.trainer.val_every and trainer.step % config.trainer.val_every == 0:
-                    metrics.update(trainer.validate(step_dir))
-                metrics["step_time_s"] = time.perf_counter() - started
-                metrics["step"] = trainer.step
-                log.write(trainer.step, metrics)
-                live.update(trainer.step, metrics)
-                last = trainer.step == config.trainer.steps
-                if last or (
-                    config.trainer.save_every and trainer.step % config.trainer.save_every == 0
-                ):
-                    trainer.save()
-                trainer.wait_for_everyone()
-        trainer.policy.export(run_dir / "final")
-        log.close()
-        return run_dir
+        # Steps after the checkpoint (all of them without one) are redone: no duplicate rows.
+        log.truncate_after(trainer.step if restored else -1)
+        if trainer.is_main:
+            for stale in (run_dir / "steps").glob("step-*"):
+                if int(stale.name.split("-")[1]) > trainer.step:
+                    shutil.rmtree(stale, ignore_errors=True)
+    trainer.wait_for_everyone()
+    if trainer.step == 0 and config.trainer.val_every and config.data.val:
+        log.write(0, {"step": 0, **trainer.validate(run_dir / "steps" / "step-000000")})
+    with LiveView(config.trainer.steps, start=trainer.step, enabled=trainer.is_main) as live:
+        while trainer.step < config.trainer.steps:
+            started = time.perf_counter()
+            step_dir = run_dir / "steps" / f"step-{trainer.step + 1:06d}"
+            batch, metrics = trainer.collect(step_dir)
+            metrics.update(trainer.update(batch))
+            trainer.step += 1
+            if config.rollout.backend != "hf":
+                trainer.engine.update_weights(trainer.policy.module.named_parameters())
+            if config.trainer.val_every and trainer.step % config.trainer.val_every == 0:
+                metrics.update(trainer.validate(step_dir))
+            metrics["step_time_s"] = time.perf_counter() - started
+            metrics["step"] = trainer.step
+            log.write(trainer.step, metrics)
+            live.update(trainer.step, metrics)
+            last = trainer.step == config.trainer.steps
+            if last or (
+                config.trainer.save_every and trainer.step % config.trainer.save_every == 0
+            ):
+                trainer.save()
+            trainer.wait_for_everyone()
+    trainer.policy.export(run_dir / "final")
+    log.close()
+    return run_dir

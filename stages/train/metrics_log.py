@@ -36,6 +36,9 @@ def step_metrics(rolled: list[Group], batch: StepBatch) -> dict[str, float]:
             out[component] = statistics.fmean(float(v) for v in values)
     timed_out = [bool(s.get("timed_out")) for g in rolled for s in g.scores]
     out["score_timeouts"] = float(sum(timed_out))
+    out["score_non_finite"] = float(
+        sum(bool(s.get("non_finite")) for g in rolled for s in g.scores)
+    )
     return out
 
 
@@ -70,15 +73,21 @@ class MetricsLog:
                 ) from None
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines of steps a resumed run will redo."""
+        """Drop the lines of steps a resumed run will redo (all of them with ``step`` -1, a run
+        killed before its first checkpoint), and a line torn by the kill; replaced atomically."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line and json.loads(line).get("step", 0) <= step
-        ]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a half-written last line
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.replace(self.path)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

@@ -13,6 +13,7 @@ from typing import Any
 
 from stages.config import to_dict
 from stages.errors import MgpoError
+from stages.outputs import check_writable
 from stages.train.config import TrainConfig
 
 # Settings a resumed run may change: the step budget and the logging / checkpoint cadence.
@@ -22,13 +23,14 @@ RESUMABLE_CHANGES = ("steps", "val_every", "save_every", "keep_last", "wandb")
 def check_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     """Refuse to touch an existing run unless told how (read-only: safe on every process)."""
     run_dir = Path(config.run_dir)
+    check_writable(run_dir, "--run-dir")
     saved = run_dir / "config.json"
     if saved.is_file():
-        previous = json.loads(saved.read_text())
         if not overwrite and not resume:
             raise MgpoError(
                 f"{run_dir}: a run already exists here (pass --resume to continue it or --overwrite to replace it)"
             )
+        previous = {} if overwrite else _read_config(saved)
         if resume and not overwrite and _comparable(previous) != _comparable(to_dict(config)):
             raise MgpoError(
                 f"{run_dir}: --resume with a different config than the run was started with ({_first_difference(previous, to_dict(config))})"
@@ -38,6 +40,20 @@ def check_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path
             f"{run_dir}: exists, is not empty and is not an mgpo run (pass --overwrite)"
         )
     return run_dir
+
+
+def _read_config(saved: Path) -> dict[str, Any]:
+    """The config a run was started with; one line if the file is damaged."""
+    try:
+        previous = json.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise MgpoError(
+            f"{saved}: damaged ({reason}); the run cannot be resumed (pass --overwrite to start again)"
+        ) from None
+    if not isinstance(previous, dict):
+        raise MgpoError(f"{saved}: damaged (not a JSON object); pass --overwrite to start again")
+    return previous
 
 
 def write_run_dir(config: TrainConfig, *, overwrite: bool) -> None:
