@@ -176,15 +176,6 @@ def test_decide_on_off_auto_and_unsupported_attention():
     assert not sp.decide("auto", model, io, rows, units, responses)
 
 
-def test_prompt_lengths_without_pixels_equal_the_encoded_lengths(tiny_policy):
-    _, io = tiny_policy
-    rows = vision_rows()
-    assert io.prompt_lengths(rows) == [len(io.encode([r]).inputs["input_ids"][0]) for r in rows]
-    _, text = load_policy("tiny-text")
-    rows = text_rows()
-    assert text.prompt_lengths(rows) == [len(text.encode([r]).inputs["input_ids"][0]) for r in rows]
-
-
 def test_saves_work_weighs_prompt_tokens_against_attention():
     # a long prompt, short responses: packing saves most of the work
     assert sp.saves_work([300], [[20] * 8], hidden=64)

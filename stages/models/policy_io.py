@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from stages.errors import MgpoError
-from stages.models.processor import QwenVLImageProcessor, expand_image_tokens
+from stages.models.processor import QwenVLImageProcessor
 
 PLACEHOLDER = "<image>"
 # Vision markers a policy must never sample: a stray <|image_pad|> breaks the next forward
@@ -148,10 +148,6 @@ class PolicyIO:
     ) -> Batch:
         raise NotImplementedError
 
-    def prompt_lengths(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-        """Tokens of each encoded prompt, without processing any pixels (cheap: for planning)."""
-        raise NotImplementedError
-
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
@@ -191,20 +187,6 @@ class VisionIO(PolicyIO):
             inputs["image_grid_thw"] = out["image_grid_thw"]
         return Batch(inputs, lengths, mask)
 
-    def prompt_lengths(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-        """Text tokens plus each image's vision tokens, from the image size alone."""
-        processor = self.encoder.image_processor
-        if not hasattr(processor, "get_number_of_image_patches"):
-            return list(self.encode(rows, padding_side="right").prompt_lengths)
-        texts, counts = [], []
-        for row in rows:
-            texts.append(self.prompt_text(row))
-            for image in row.get("images") or []:
-                patches = processor.get_number_of_image_patches(image.height, image.width, {})
-                counts.append(patches // processor.merge_size**2)
-        texts = expand_image_tokens(texts, counts)
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
 
 @dataclass
 class TextIO(PolicyIO):
@@ -228,9 +210,6 @@ class TextIO(PolicyIO):
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         inputs, lengths, mask = _assemble(ids, {}, responses, self.pad_token_id, padding_side)
         return Batch(inputs, lengths, mask)
-
-    def prompt_lengths(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-        return list(self.encode(rows, padding_side="right").prompt_lengths)
 
 
 def _token_id(tokenizer: Any, token: str) -> int | None:

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from stages.errors import MgpoError
 from stages.models.policy_io import PolicyIO
+from stages.models.prompt_length import prompt_lengths
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 MODES = ("auto", "on", "off")
@@ -241,8 +242,7 @@ def decide(
         return False
     firsts = [rows[unit[0]] for unit in unit_samples]
     distinct = {id(row): row for row in firsts}
-    lengths = dict(zip(distinct, io.prompt_lengths(list(distinct.values())), strict=True))
-    prompt_lengths = [lengths[id(row)] for row in firsts]
+    lengths = dict(zip(distinct, prompt_lengths(io, list(distinct.values())), strict=True))
     unit_lengths = [[len(responses[s]) for s in unit] for unit in unit_samples]
     hidden = model.config.get_text_config().hidden_size
-    return saves_work(prompt_lengths, unit_lengths, hidden)
+    return saves_work([lengths[id(row)] for row in firsts], unit_lengths, hidden)
