@@ -492,7 +492,9 @@ def test_damaged_input_is_one_line_and_changes_nothing(good: Path, tmp_path: Pat
 def test_eval_and_report_take_a_real_run_directory(good: Path, tmp_path: Path) -> None:
     """``mgpo eval --model RUN``: the run's config.json is a training recipe, not a model's."""
     assert json.loads((good / "run" / "config.json").read_text())["trainer"]
-    summary = json.loads((good / "evals" / "run-final" / "shapes" / "summary.json").read_text())
+    summary = json.loads(
+        (good / "evals" / "run-final" / "shapes" / "test" / "summary.json").read_text()
+    )
     assert summary["model_spec"] == "run" and summary["settings"]["model"].endswith("run/final")
     _ok(run_main("report", good / "run", "--out", tmp_path / "report"))
     assert (tmp_path / "report" / "index.html").is_file()
@@ -502,10 +504,9 @@ def test_eval_and_report_take_a_real_run_directory(good: Path, tmp_path: Path) -
     _ok(run_main(*EVAL_RUN, "--max-new-tokens", "2", "--out", "evals", "--overwrite", cwd=ws))
     folder = ws / "evals" / "run-final"
     assert sorted(p.name for p in folder.iterdir()) == ["shapes"]
-    assert (
-        json.loads((folder / "shapes" / "summary.json").read_text())["settings"]["max_new_tokens"]
-        == 2
-    )
+    assert sorted(p.name for p in (folder / "shapes").iterdir()) == ["test"]
+    summary = json.loads((folder / "shapes" / "test" / "summary.json").read_text())
+    assert summary["settings"]["max_new_tokens"] == 2
 
 
 def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 240) -> None:
@@ -543,7 +544,7 @@ def test_kill_before_the_first_checkpoint_then_resume(good: Path, tmp_path: Path
     assert [row["step"] for row in _metrics(killed)] == [1, 2, 3]
     assert _metrics(killed) == _metrics(straight)
     _ok(run_main("eval", "shapes", "--model", killed, *EVAL, "--out", tmp_path / "e"))
-    assert (tmp_path / "e" / "killed-final" / "shapes" / "summary.json").is_file()
+    assert (tmp_path / "e" / "killed-final" / "shapes" / "test" / "summary.json").is_file()
     _ok(run_main("report", killed, straight, "--out", tmp_path / "report"))
 
 

@@ -131,17 +131,18 @@ def test_schema_and_n_samples_per_prompt(sampled, prompts, tiny_policy) -> None:
 def test_logprobs_match_the_trainers_teacher_forced_forward(
     sampled, prompts, tiny_policy, name: str, temperature: float
 ) -> None:
-    from stages.train.forward import response_logprobs
+    from stages.train.forward import LogprobModel, response_logprobs
 
     model, io = tiny_policy
     by_id = {r["id"]: prompt_row(r) for r in open_shards(prompts, "prompts").iter_rows()}
     rows = rows_of(sampled[name])
     with torch.no_grad():
         got = response_logprobs(
-            model,
+            LogprobModel(model),
             io,
             [by_id[r["prompt_id"]] for r in rows],
             [r["response_ids"] for r in rows],
+            device=torch.device("cpu"),
             temperature=temperature,
             with_entropy=False,
         )

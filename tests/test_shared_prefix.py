@@ -12,7 +12,9 @@ from stages.errors import MgpoError
 from stages.models.loading import load_policy
 from stages.train import batching
 from stages.train import shared_prefix as sp
-from stages.train.forward import response_logprobs
+from stages.train.forward import LogprobModel, response_logprobs
+
+CPU = torch.device("cpu")
 
 
 def shape_image(size: int = 56, colour=(220, 40, 40)) -> Image.Image:
@@ -90,7 +92,9 @@ def loss_and_grads(model, io, rows, responses, shared: bool):
     """A loss that uses every log-prob and entropy with different weights, and its gradients."""
     model.train()
     model.zero_grad(set_to_none=True)
-    result = response_logprobs(model, io, rows, responses, temperature=0.7, shared_prefix=shared)
+    result = response_logprobs(
+        LogprobModel(model), io, rows, responses, device=CPU, temperature=0.7, shared_prefix=shared
+    )
     weights = torch.linspace(-1.0, 1.0, result.logp.numel()).view_as(result.logp)
     loss = (result.logp * weights).sum() + 0.3 * result.entropy.sum()
     loss.backward()

@@ -33,12 +33,11 @@ import math
 import re
 from collections.abc import Sequence
 
-from math_verify import parse, verify
-from sympy import Basic, Float
-
 from stages.score.extract import has_think_format, last_boxed
 
-# math-verify warns once per process that its timeouts are off; that is deliberate here.
+# math-verify (and SymPy under it) is imported on first use, not with this module: the trainer
+# imports the score stage, and a training machine need not have math-verify unless it scores
+# with the math reward. It warns once per process that its timeouts are off; that is deliberate.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 _UNIT_WORDS = (
@@ -82,6 +81,8 @@ def _compact(text: str) -> str:
 
 def _parsed(text: str) -> list:
     """math-verify's parse of one bare answer (it expects LaTeX in ``$...$``), no time limit."""
+    from math_verify import parse
+
     return parse(f"${clean_answer(text)}$", parsing_timeout=None)
 
 
@@ -90,6 +91,8 @@ def _rounds_to(gold_text: str, gold: list, pred: list) -> bool:
     digits = _DECIMAL.match(_compact(gold_text))
     if not digits or not gold or not pred:
         return False
+    from sympy import Basic, Float
+
     exact = pred[0]
     if not isinstance(exact, Basic) or not exact.is_number or exact.atoms(Float):
         return False
@@ -114,6 +117,8 @@ def answers_match(pred: str, gold: str) -> bool:
     pred_parsed = _parsed(pred)
     if not gold_parsed or not pred_parsed:
         return False
+    from math_verify import verify
+
     if verify(gold_parsed, pred_parsed, timeout_seconds=None):
         return True
     return _rounds_to(gold, gold_parsed, pred_parsed)

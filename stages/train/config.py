@@ -25,7 +25,9 @@ from stages.errors import MgpoError
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "Qwen/Qwen2.5-VL-3B-Instruct"  # hub id, local directory, or "tiny"
-    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # The compute dtype (forward/backward): auto = bf16 on GPU, float32 on CPU. Master weights
+    # and optimizer state are float32 whatever this says.
+    dtype: str = "auto"  # auto | float32 | bf16
     trust_remote_code: bool = False
     freeze_vision: bool = False
     gradient_checkpointing: bool = False
@@ -99,12 +101,14 @@ class TrainerConfig:
     val_every: NonNegativeInt = 10  # 0: never
     save_every: NonNegativeInt = 10  # 0: only at the end
     keep_last: NonNegativeInt = 2  # 0: keep every checkpoint
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16
     strategy: str = "ddp"  # ddp (every process holds the whole model) | fsdp (FSDP2 sharding)
     # Encode each prompt once per group in the old log-probs and the update (one packed row per
     # prompt, stages/train/shared_prefix.py): on | off | auto (on where it costs less). YAML
     # reads a bare on / off as true / false: both spellings are accepted.
     shared_prefix: str | bool = "auto"
+    # How long a process waits in a collective before giving up: the other processes wait while
+    # the main one rolls out, scores and validates, so this must outlast a rollout phase.
+    collective_timeout_s: PositiveFloat = 7200.0
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: NonNegativeInt = (
         0  # torch CPU threads (0: torch's default); 1 is fastest for tiny models
@@ -144,6 +148,7 @@ class TrainConfig:
         check(self)
 
 
+COMPUTE_DTYPES = ("auto", "float32", "fp32", "bf16", "bfloat16")
 ALGORITHM_NAMES = ("grpo", "gspo", "mgpo", "dapo", "dr_grpo", "gpg")
 
 
@@ -170,9 +175,18 @@ def check(config: TrainConfig) -> None:
             f"trainer.shared_prefix '{config.trainer.shared_prefix}': expected auto, on or off"
         )
     _check_plan(config.plan)
-    if config.trainer.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+    if config.trainer.collective_timeout_s <= 0:
         raise MgpoError(
-            f"trainer.mixed_precision '{config.trainer.mixed_precision}': expected auto, no, bf16 or fp16"
+            f"trainer.collective_timeout_s must be positive, got {config.trainer.collective_timeout_s}"
+        )
+    if config.model.dtype not in COMPUTE_DTYPES:
+        hint = (
+            " (fp16 training would need loss scaling; use bf16)"
+            if config.model.dtype in ("fp16", "float16")
+            else ""
+        )
+        raise MgpoError(
+            f"model.dtype '{config.model.dtype}': expected one of {', '.join(COMPUTE_DTYPES)}{hint}"
         )
 
 

@@ -9,8 +9,9 @@ Each step:
   5. hand the new weights to the live rollout engine, log metrics, validate, checkpoint.
 
 The policy side (model, optimizer, checkpoints) is :class:`~stages.train.policy.Policy`; this
-module orchestrates the stages around it. Under ``accelerate launch`` every process reads the
-same shards (the main process writes them) and trains on its own slice of every micro-batch.
+module orchestrates the stages around it. Under ``accelerate launch`` or ``torchrun`` every process
+reads the same shards (the main process writes them) and trains on its own slice of every
+micro-batch; the others wait while the main process rolls out and scores.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from stages.errors import MgpoError
 from stages.rollout import HFEngine, RolloutOptions, make_engine, run_rollout
 from stages.score import ScoreOptions, ScorePool, run_score, score_pool
 from stages.shards import is_complete, open_shards, prompt_row
+from stages.train import dist
 from stages.train.config import TrainConfig
 from stages.train.data_order import Position, take
 from stages.train.live import LiveView
@@ -50,9 +52,12 @@ class Trainer:
         self.run_dir = run_dir
         self.policy = Policy(config)
         rollout = config.rollout
-        if rollout.backend == "hf":  # share the trained module: updates are visible at once
-            self.engine = HFEngine(
-                self.policy.module, self.policy.io, micro_batch_size=rollout.micro_batch
+        if rollout.backend == "hf":  # the trained module itself where it can (rollout_module)
+            module = self.policy.rollout_module
+            self.engine = (
+                None
+                if module is None
+                else HFEngine(module, self.policy.io, micro_batch_size=rollout.micro_batch)
             )
         else:
             self.engine = make_engine(rollout.backend, self._rollout_options("", "", 0, 0))
@@ -74,10 +79,10 @@ class Trainer:
 
     @property
     def is_main(self) -> bool:
-        return self.policy.accelerator.is_main_process
+        return self.policy.dist.is_main
 
     def wait_for_everyone(self) -> None:
-        self.policy.accelerator.wait_for_everyone()
+        self.policy.dist.barrier()
 
     # -- stages, called exactly as the CLI calls them -----------------------------------------
 
@@ -237,6 +242,7 @@ class Trainer:
             return False
         self.step = int(state["step"])
         self.position = Position(**state["position"])
+        self.policy.sync_rollout(self.engine)
         return True
 
     def close(self) -> None:
@@ -256,34 +262,35 @@ def run_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     open_shards(config.data.train, "prompts")
     if config.data.val:
         open_shards(config.data.val, "prompts")
-    from accelerate import PartialState
-
     run_dir = check_run_dir(config, resume=resume, overwrite=overwrite)
     fresh = not (resume and (run_dir / "config.json").is_file())
-    state = PartialState(cpu=not (torch.cuda.is_available() and config.trainer.device != "cpu"))
-    # Everything that can be refused (model, data, reward) is, before the run folder is touched.
-    trainer = Trainer(config, run_dir)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        write_run_dir(config, overwrite=overwrite and not resume)
-        if any(trainer.overlong.values()):
-            write_report(run_dir, config.rollout.max_prompt_tokens, trainer.overlong)
-            counts = ", ".join(f"{len(v)} {k}" for k, v in trainer.overlong.items() if v)
-            console.print(
-                f"[yellow]dropped prompts longer than rollout.max_prompt_tokens"
-                f" ({config.rollout.max_prompt_tokens} tokens): {counts}; ids in"
-                f" {run_dir / 'overlong_prompts.json'}[/]"
-            )
-    state.wait_for_everyone()
-    with contextlib.closing(trainer):  # stops the scoring workers, also on errors
-        try:
-            return _train(trainer, config, run_dir, resume)
-        except MgpoError:
-            # Bad input met in the first step of a new run: leave no run folder that a rerun
-            # would have to be told to --overwrite.
-            if fresh and trainer.step == 0 and trainer.is_main:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+    processes = dist.setup(config.trainer.device, config.trainer.collective_timeout_s)
+    # shutdown: leaves the process group, also on errors
+    with contextlib.ExitStack() as leave:
+        leave.callback(dist.shutdown)
+        # Everything that can be refused (model, data, reward) is, before the run folder is touched.
+        trainer = Trainer(config, run_dir)
+        processes.barrier()
+        if processes.is_main:
+            write_run_dir(config, overwrite=overwrite and not resume)
+            if any(trainer.overlong.values()):
+                write_report(run_dir, config.rollout.max_prompt_tokens, trainer.overlong)
+                counts = ", ".join(f"{len(v)} {k}" for k, v in trainer.overlong.items() if v)
+                console.print(
+                    f"[yellow]dropped prompts longer than rollout.max_prompt_tokens"
+                    f" ({config.rollout.max_prompt_tokens} tokens): {counts}; ids in"
+                    f" {run_dir / 'overlong_prompts.json'}[/]"
+                )
+        processes.barrier()
+        with contextlib.closing(trainer):  # stops the scoring workers, also on errors
+            try:
+                return _train(trainer, config, run_dir, resume)
+            except MgpoError:
+                # Bad input met in the first step of a new run: leave no run folder that a
+                # rerun would have to be told to --overwrite.
+                if fresh and trainer.step == 0 and trainer.is_main:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
 
 
 def _train(trainer: Trainer, config: TrainConfig, run_dir: Path, resume: bool) -> Path:
@@ -311,8 +318,7 @@ def _train(trainer: Trainer, config: TrainConfig, run_dir: Path, resume: bool) -
             batch, metrics = trainer.collect(step_dir)
             metrics.update(trainer.update(batch))
             trainer.step += 1
-            if config.rollout.backend != "hf":
-                trainer.engine.update_weights(trainer.policy.module.named_parameters())
+            trainer.policy.sync_rollout(trainer.engine)
             if config.trainer.val_every and trainer.step % config.trainer.val_every == 0:
                 metrics.update(trainer.validate(step_dir))
             metrics["step_time_s"] = time.perf_counter() - started

@@ -9,14 +9,17 @@ are the old log-probs exactly (ratio 1); more steps need them frozen up front
 Mini-batches are sets of whole groups; how a mini-batch is cut into micro-batches and spread
 over the processes (:mod:`stages.train.batching`) follows ``trainer.shared_prefix``: whole groups
 per micro-batch for the shared-prefix forward, else ``mini[rank::world]``. Every process runs the
-same number of micro-batches; loss normalisers are the mini-batch's global counts and DDP averages
-gradients, so each micro-batch loss is scaled by ``world`` and K processes give the update of one,
-whatever the cut.
+same number of micro-batches; loss normalisers are the mini-batch's global counts and DDP / FSDP
+average gradients, so each micro-batch loss is scaled by ``world`` and K processes give the update
+of one, whatever the cut.
+
+Precision and memory: the model runs in train mode (so activation checkpointing recomputes) in
+the compute dtype (:meth:`Policy.autocast`, or FSDP's mixed precision); the log-probs come out of
+the chunked ``lm_head`` in float32 and the loss is computed outside autocast, in float32.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -89,11 +92,12 @@ def update(
     collected: list[dict[str, float]] = []  # per micro-batch; see loss_metrics
     grad_norms: list[float] = []
     inputs = _Inputs(sample_rows, responses, group_ids, shared, old, ref, advantages, params, fresh)
-    for _ in range(config.optim.epochs):
-        minis = batching.group_mini_batches(group_ids, config.optim.mini_batches, order_rng)
-        for mini in minis:
-            if mini:
-                grad_norms.append(_optimizer_step(policy, mini, inputs, collected))
+    with policy.training():
+        for _ in range(config.optim.epochs):
+            minis = batching.group_mini_batches(group_ids, config.optim.mini_batches, order_rng)
+            for mini in minis:
+                if mini:
+                    grad_norms.append(_optimizer_step(policy, mini, inputs, collected))
     timings["update_s"] = time.perf_counter() - started
     # Trainer vs engine log-probs. On-policy, each process holds the log-probs of the samples
     # it trained on; frozen, every process holds all of them.
@@ -107,12 +111,12 @@ def update(
     metrics = {"loss": 0.0, **_step_loss_metrics(policy, collected, len(grad_norms))}
     totals = [sum(mismatch), float(len(mismatch))]
     if old is None:
-        totals = policy.sum_across_processes(totals)
+        totals = policy.dist.sum(totals)
     metrics["engine_logprob_mismatch"] = totals[0] / max(totals[1], 1.0)
     metrics.update(timings)
     metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     metrics["lr"] = policy.optimizer.param_groups[0]["lr"]
-    metrics["processes"] = float(policy.accelerator.num_processes)
+    metrics["processes"] = float(policy.dist.world)
     metrics["shared_prefix"] = float(shared)  # 1: this step ran the shared-prefix forward
     tokens = sum(len(r) for r in responses) * config.optim.epochs
     metrics["trainer_tokens_per_s"] = tokens / max(
@@ -142,8 +146,8 @@ def _step_loss_metrics(
     """The loss metrics of every micro-batch on every process, as one row (loss_metrics)."""
     keys, sums, extremes = loss_metrics.local_totals(chunks)
     if keys:
-        sums = policy.sum_across_processes(sums)
-        extremes = policy.max_across_processes(extremes)
+        sums = policy.dist.sum(sums)
+        extremes = policy.dist.max(extremes)
     return loss_metrics.finish_totals(keys, sums, extremes, steps)
 
 
@@ -155,8 +159,8 @@ def _optimizer_step(
     A process short of samples repeats one with its mask off (a ``None`` placeholder),
     contributing nothing, so the gradient all-reduce lines up.
     """
-    acc, config = policy.accelerator, policy.config
-    world, rank = acc.num_processes, acc.process_index
+    config, device = policy.config, policy.dist.device
+    world, rank = policy.dist.world, policy.dist.rank
     responses = inputs.responses
     lengths = [len(responses[i]) for i in mini]
     normalisers = {
@@ -173,23 +177,19 @@ def _optimizer_step(
         group["lr"] = lr_at(policy.opt_steps, config)
     for k, chunk in enumerate(micro):
         indices = [i if i is not None else mini[0] for i in chunk]
-        live = torch.tensor([i is not None for i in chunk], device=acc.device)
-        context = (
-            acc.no_sync(policy.model)
-            if k < len(micro) - 1 and world > 1
-            else contextlib.nullcontext()
-        )
-        with context, acc.autocast():
-            result = response_logprobs(
-                policy.model,
-                policy.io,
-                [inputs.rows[i] for i in indices],
-                [responses[i] for i in indices],
-                temperature=policy.temperature,
-                shared_prefix=inputs.shared,
-            )
+        live = torch.tensor([i is not None for i in chunk], device=device)
+        with policy.accumulating(last=k == len(micro) - 1):
+            with policy.autocast():  # the model only: log-probs and the loss stay float32
+                result = response_logprobs(
+                    policy.model,
+                    policy.io,
+                    [inputs.rows[i] for i in indices],
+                    [responses[i] for i in indices],
+                    device=device,
+                    temperature=policy.temperature,
+                    shared_prefix=inputs.shared,
+                )
             width = result.logp.shape[1]
-            device = result.logp.device
             extra = {}
             if inputs.ref is not None:
                 extra["ref_logp"] = _pad([inputs.ref[i] for i in indices], width).to(device)
@@ -210,15 +210,13 @@ def _optimizer_step(
                 **step_params,
                 **extra,
             )
-            acc.backward(loss * world)
+            (loss * world).backward()  # DDP and FSDP average gradients over the processes
         collected.append(metrics)  # a masked-off placeholder reports 0 tokens
-    grad_norm = acc.clip_grad_norm_(
-        [p for p in policy.model.parameters() if p.requires_grad], config.optim.grad_clip
-    )
+    grad_norm = policy.clip_grad_norm()
     policy.optimizer.step()
     policy.optimizer.zero_grad(set_to_none=True)
     policy.opt_steps += 1
-    return float(grad_norm)
+    return grad_norm
 
 
 def _pad(values: list[torch.Tensor], width: int) -> torch.Tensor:

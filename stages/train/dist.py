@@ -1,0 +1,96 @@
+"""The processes of a training run: one per device, joined in one process group.
+
+``accelerate launch`` and ``torchrun`` both describe the job in the environment (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): every process joins that group
+(gloo for CPU tensors, plus NCCL for GPU tensors) with the recipe's collective timeout. A process
+started alone makes a group of one from an in-memory store, so FSDP's device mesh, and every
+collective below, exists in one process too and the code has no single-process branch.
+
+The timeout matters because the main process rolls out, scores and validates alone while the
+others wait in a barrier: torch's default (10 minutes) is shorter than one rollout phase of the
+paper's setting.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from stages.errors import MgpoError
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in the run: rank, number of processes and its device."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum of a small vector over all processes (float64, one all-reduce)."""
+        return self._reduce(values, dist.ReduceOp.SUM)
+
+    def max(self, values: list[float]) -> list[float]:
+        """Element-wise maximum of a small vector over all processes."""
+        return self._reduce(values, dist.ReduceOp.MAX)
+
+    def _reduce(self, values: list[float], op: dist.ReduceOp) -> list[float]:
+        if self.world == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(tensor, op=op)
+        return tensor.tolist()
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over all processes, in place; returns it."""
+        if self.world > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+
+def _device(preference: str, local_rank: int) -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise MgpoError("trainer.device cuda: no CUDA device is available")
+    if preference != "cpu" and torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise MgpoError(
+                f"process with LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPUs"
+            )
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def setup(device: str = "auto", timeout_s: float = 7200.0) -> Distributed:
+    """Join (or make) the process group; safe to call again (the first call's timeout stays)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    where = _device(device, local_rank)
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if where.type == "cuda" else "gloo"
+        timeout = timedelta(seconds=timeout_s)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            dist.init_process_group(
+                backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout
+            )
+    return Distributed(rank=dist.get_rank(), world=dist.get_world_size(), device=where)
+
+
+def shutdown() -> None:
+    """Leave the process group (at the end of a run)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
