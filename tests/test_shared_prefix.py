@@ -13,6 +13,7 @@ from stages.models.loading import load_policy
 from stages.train import batching
 from stages.train import shared_prefix as sp
 from stages.train.forward import LogprobModel, response_logprobs
+from stages.train.sharding import blocks
 
 CPU = torch.device("cpu")
 
@@ -88,34 +89,56 @@ def samples(rows: list[dict]) -> tuple[list[dict], list[list[int]]]:
     return [rows[p] for p in LAYOUT], RESPONSES
 
 
-def loss_and_grads(model, io, rows, responses, shared: bool):
-    """A loss that uses every log-prob and entropy with different weights, and its gradients."""
+def loss_and_grads(model, io, rows, responses, shared: bool, checkpointing: bool = False):
+    """A loss that uses every log-prob and entropy with different weights, and its gradients
+    (in train mode, so that activation checkpointing, when on, recomputes)."""
+    if checkpointing:
+        model.gradient_checkpointing_enable()
     model.train()
     model.zero_grad(set_to_none=True)
+    calls = []
+    hooks = [b.register_forward_pre_hook(lambda *_: calls.append(1)) for b in blocks(model)]
     result = response_logprobs(
         LogprobModel(model), io, rows, responses, device=CPU, temperature=0.7, shared_prefix=shared
     )
     weights = torch.linspace(-1.0, 1.0, result.logp.numel()).view_as(result.logp)
     loss = (result.logp * weights).sum() + 0.3 * result.entropy.sum()
     loss.backward()
+    for hook in hooks:
+        hook.remove()
+    # every block (decoder layer, vision block) runs once, and again in backward if checkpointed
+    assert len(calls) == len(blocks(model)) * (2 if checkpointing else 1)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.eval()
+    if checkpointing:
+        model.gradient_checkpointing_disable()
     return result, grads
 
 
-@pytest.mark.parametrize("kind", ["tiny", "tiny-text", "llama", "tiny-text-eager"])
-def test_packed_forward_equals_the_standard_forward(tiny_model_dir, kind):
+@pytest.mark.parametrize(
+    ("kind", "prompts", "checkpointing"),
+    [
+        ("tiny", "vision", False),  # images (one and two per prompt) and a text-only row
+        ("tiny", "text", False),  # a vision-language model on text-only rows (blank image)
+        ("tiny", "vision", True),  # activation checkpointing on the packed side
+        ("tiny-text", "text", False),
+        ("llama", "text", False),
+        ("tiny-text-eager", "text", False),  # the additive float mask
+    ],
+    ids=["vision", "vision-text-rows", "vision-checkpointing", "text", "llama", "text-eager"],
+)
+def test_packed_forward_equals_the_standard_forward(tiny_model_dir, kind, prompts, checkpointing):
     """Log-probs and entropies to 1e-5 (fp32), every parameter's gradient to 1e-5 relative."""
     model, io = policy(kind)
     assert sp.attention_implementation(model) == ("eager" if "eager" in kind else "sdpa")
-    rows, responses = samples(vision_rows() if kind == "tiny" else text_rows())
+    rows, responses = samples(vision_rows() if prompts == "vision" else text_rows())
     want, want_grads = loss_and_grads(model, io, rows, responses, False)
-    got, got_grads = loss_and_grads(model, io, rows, responses, True)
+    got, got_grads = loss_and_grads(model, io, rows, responses, True, checkpointing)
     assert torch.equal(got.mask, want.mask)
     torch.testing.assert_close(got.logp, want.logp, atol=1e-5, rtol=0)
     torch.testing.assert_close(got.entropy, want.entropy, atol=1e-5, rtol=0)
     assert got_grads.keys() == want_grads.keys()
-    if kind == "tiny":
+    if prompts == "vision":
         assert any(n.startswith("model.visual.") for n in got_grads)
     for name, grad in want_grads.items():
         error = (got_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12)
