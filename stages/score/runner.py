@@ -17,6 +17,10 @@ not a fresh interpreter importing SymPy (about half a second with ``spawn``).
 
 Custom reward files are imported in each worker, never in the parent; a worker reports that it
 loaded its function before any item is sent, so a broken file fails before any work is done.
+
+The built-in rewards that cannot hang (``rewards.BOUNDED_REWARDS``: ``short_answer``,
+``last_number``) need none of this: they are scored in the calling process, where sending an item
+to a worker and back would cost more than scoring it. Rows and errors are the same.
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from stages.errors import MgpoError
-from stages.score.rewards import builtin_components, check_result, load_reward_fn, split_spec
+from stages.score.rewards import (
+    BOUNDED_REWARDS,
+    builtin_components,
+    check_result,
+    load_reward_fn,
+    split_spec,
+)
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_STARTUP_TIMEOUT_S = 120.0
@@ -92,14 +102,19 @@ def _worker_main(
         except (EOFError, OSError):
             return
         index, item = message
-        fields = {k: v for k, v in item.items() if k not in ("response", "answer")}
         _cpu_backstop(backstop_s)
         try:
-            row = check_result(fn(item["response"], item["answer"], **fields, **options))
+            row = _call(fn, item, options)
         except Exception as exc:
             conn.send(("error", index, f"{type(exc).__name__}: {exc}"))
         else:
             conn.send(("ok", index, row))
+
+
+def _call(fn: Any, item: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """One item's checked result: ``fn(response, answer, **other fields, **options)``."""
+    fields = {k: v for k, v in item.items() if k not in ("response", "answer")}
+    return check_result(fn(item["response"], item["answer"], **fields, **options))
 
 
 @dataclass
@@ -286,6 +301,9 @@ class ScorePool:
 
     def score(self, items: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
         """Rows for ``items`` in input order, as ``score_items`` yields them."""
+        if self.spec in BOUNDED_REWARDS:
+            yield from _score_in_process(items, self.spec, self.options)
+            return
         if self._pool is None:
             backstop_s = BACKSTOP_FACTOR * self.timeout_s + BACKSTOP_EXTRA_S
             self._pool = _Pool(
@@ -312,6 +330,29 @@ class ScorePool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _score_in_process(
+    items: Iterable[Mapping[str, Any]], spec: str, options: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
+    """Rows of a reward that cannot hang, scored here: the rows the workers would give."""
+    fn = load_reward_fn(spec)
+    for index, item in enumerate(items):
+        _check_item(index, item, options)
+        try:
+            result = _call(fn, item, options)
+        except Exception as exc:
+            raise MgpoError(
+                f"reward function {spec!r} on item {_item_name(item)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        non_finite = bool(result.pop("non_finite", False))
+        yield {
+            "prompt_id": item.get("prompt_id"),
+            "sample": item.get("sample"),
+            **result,
+            "timed_out": False,
+            "non_finite": non_finite,
+        }
 
 
 def _score(
