@@ -37,12 +37,22 @@ TIMING_KEYS |= {"trainer_tokens_per_s"}
 # The two settings every distributed comparison runs: the on-policy update (old log-probs from
 # the update's own forward, trainable vision tower), and two mini-batches (frozen old
 # log-probs) with a KL reference and a frozen vision tower.
+# A third runs the loss options whose statistics span the whole step (the high-entropy mask's
+# threshold, from the frozen pass every process shares; the rollout correction; batch reward
+# scaling) with a token-mean loss, on 2 FSDP processes against one.
 # The shared-prefix comparisons: two whole groups (4 samples each) per micro-batch, so each
 # micro-batch packs two prompts, with and without an image, and responses of up to 3 tokens.
 SHARED = {"optim.micro_batch": 8, "rollout.max_new_tokens": 3}
 CASES = {
     "on-policy": {"optim.mini_batches": 1},
     "frozen-kl": {"optim.mini_batches": 2, "algo.kl_coef": 0.05, "model.freeze_vision": "true"},
+    "loss-options": {
+        "algo.name": "dapo",
+        "rollout.max_new_tokens": 2,
+        "algo.entropy_top": 0.5,
+        "algo.rollout_correction": "token_truncate",
+        "algo.scale_rewards": "batch",
+    },
 }
 
 
@@ -264,12 +274,16 @@ def test_ddp_and_fsdp_on_two_processes_match_one(runs: Runs, tiny_model_dir: Pat
     """The same global batch on 2 processes (DDP and FSDP2) as on one: loss metrics, grad norm
     and weights, with text-only micro-batches on either process; FSDP on one process too."""
     one = runs.get(case, 1, "ddp")
-    others = [runs.get(case, 2, "ddp"), runs.get(case, 2, "fsdp")]
+    others = [runs.get(case, 2, "fsdp")]
+    if case != "loss-options":
+        others.insert(0, runs.get(case, 2, "ddp"))
     if case == "on-policy":
         others.append(runs.get(case, 1, "fsdp"))
     start = load_file(str(tiny_model_dir / "model.safetensors"))
     for other in others:
         assert_same_run(start, one, other)
+    step_wide = ("entropy_threshold", "tokens_valid", "rollout_weight_mean")
+    assert all((k in m) == (case == "loss-options") for m in metrics(one) for k in step_wide)
     if case == "frozen-kl":
         assert metrics(one)[1]["kl"] > 0
         vision = [k for k in start if ".visual." in f".{k}" or k.startswith("visual.")]
@@ -288,6 +302,8 @@ def assert_same_run(start: dict, one: Path, other: Path) -> None:
         for key in ("pg_loss", "entropy", "ratio_mean", "ratio_max", "ratio_min", "kl"):
             if key in x:
                 assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (other, key)
+        for key in ("entropy_threshold", "tokens_valid", "rollout_weight_mean"):
+            assert x.get(key) == pytest.approx(y.get(key), rel=1e-5), (other, key)
         # the rollout engine samples with the updated weights (FSDP: a refreshed copy)
         mismatch = x["engine_logprob_mismatch"]
         assert mismatch == pytest.approx(y["engine_logprob_mismatch"], abs=1e-6)
@@ -302,11 +318,13 @@ def test_shared_prefix_on_trains_like_off_on_one_and_two_processes(
     runs: Runs, tiny_model_dir: Path, case
 ) -> None:
     """``trainer.shared_prefix=on`` (packed rows, image and text-only prompts in one micro-batch)
-    gives the run ``off`` gives: on one process, and on 2 processes under DDP and FSDP2."""
+    gives the run ``off`` gives: on one process, and on 2 processes under DDP and FSDP2 (FSDP
+    only for the step-wide loss options, as in the test above)."""
     off = runs.get(case, 1, "ddp", shared="off")
     assert [m["shared_prefix"] for m in metrics(off)] == [0.0, 0.0]
     start = load_file(str(tiny_model_dir / "model.safetensors"))
-    for processes, strategy in ((1, "ddp"), (2, "ddp"), (2, "fsdp")):
+    layouts = [(1, "ddp"), (2, "fsdp")] + ([(2, "ddp")] if case != "loss-options" else [])
+    for processes, strategy in layouts:
         on = runs.get(case, processes, strategy, shared="on")
         assert [m["shared_prefix"] for m in metrics(on)] == [1.0, 1.0]
         assert_same_run(start, off, on)

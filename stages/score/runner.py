@@ -19,8 +19,9 @@ Custom reward files are imported in each worker, never in the parent; a worker r
 loaded its function before any item is sent, so a broken file fails before any work is done.
 
 The built-in rewards that cannot hang (``rewards.BOUNDED_REWARDS``: ``short_answer``,
-``last_number``) need none of this: they are scored in the calling process, where sending an item
-to a worker and back would cost more than scoring it. Rows and errors are the same.
+``last_number``) need none of this: they are scored in the calling process
+(:func:`stages.score.items.score_in_process`), where sending an item to a worker and back would
+cost more than scoring it. Rows and errors are the same.
 """
 
 from __future__ import annotations
@@ -35,13 +36,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from stages.errors import MgpoError
-from stages.score.rewards import (
-    BOUNDED_REWARDS,
-    builtin_components,
-    check_result,
-    load_reward_fn,
-    split_spec,
-)
+from stages.score.items import call_reward, check_item, item_name, score_in_process
+from stages.score.rewards import BOUNDED_REWARDS, builtin_components, load_reward_fn, split_spec
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_STARTUP_TIMEOUT_S = 120.0
@@ -104,17 +100,11 @@ def _worker_main(
         index, item = message
         _cpu_backstop(backstop_s)
         try:
-            row = _call(fn, item, options)
+            row = call_reward(fn, item, options)
         except Exception as exc:
             conn.send(("error", index, f"{type(exc).__name__}: {exc}"))
         else:
             conn.send(("ok", index, row))
-
-
-def _call(fn: Any, item: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    """One item's checked result: ``fn(response, answer, **other fields, **options)``."""
-    fields = {k: v for k, v in item.items() if k not in ("response", "answer")}
-    return check_result(fn(item["response"], item["answer"], **fields, **options))
 
 
 @dataclass
@@ -125,21 +115,6 @@ class _Worker:
     started: float = field(default_factory=time.monotonic)
     index: int | None = None  # the item it is scoring
     deadline: float = 0.0
-
-
-def _item_name(item: Mapping[str, Any]) -> str:
-    return f"prompt_id={item.get('prompt_id')!r} sample={item.get('sample')!r}"
-
-
-def _check_item(index: int, item: Any, options: Mapping[str, Any]) -> None:
-    if not isinstance(item, Mapping):
-        raise MgpoError(f"score item {index} is a {type(item).__name__}, not a dict")
-    for key in ("response", "answer"):
-        if not isinstance(item.get(key), str):
-            raise MgpoError(f"score item {index} ({_item_name(item)}): {key!r} is not a string")
-    clash = sorted(set(options) & set(item))
-    if clash:
-        raise MgpoError(f"reward option(s) {clash} clash with item fields of the same name")
 
 
 class _Pool:
@@ -302,7 +277,7 @@ class ScorePool:
     def score(self, items: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
         """Rows for ``items`` in input order, as ``score_items`` yields them."""
         if self.spec in BOUNDED_REWARDS:
-            yield from _score_in_process(items, self.spec, self.options)
+            yield from score_in_process(items, self.spec, self.options)
             return
         if self._pool is None:
             backstop_s = BACKSTOP_FACTOR * self.timeout_s + BACKSTOP_EXTRA_S
@@ -332,29 +307,6 @@ class ScorePool:
         self.close()
 
 
-def _score_in_process(
-    items: Iterable[Mapping[str, Any]], spec: str, options: dict[str, Any]
-) -> Iterator[dict[str, Any]]:
-    """Rows of a reward that cannot hang, scored here: the rows the workers would give."""
-    fn = load_reward_fn(spec)
-    for index, item in enumerate(items):
-        _check_item(index, item, options)
-        try:
-            result = _call(fn, item, options)
-        except Exception as exc:
-            raise MgpoError(
-                f"reward function {spec!r} on item {_item_name(item)}: {type(exc).__name__}: {exc}"
-            ) from exc
-        non_finite = bool(result.pop("non_finite", False))
-        yield {
-            "prompt_id": item.get("prompt_id"),
-            "sample": item.get("sample"),
-            **result,
-            "timed_out": False,
-            "non_finite": non_finite,
-        }
-
-
 def _score(
     pool: _Pool,
     items: Iterable[Mapping[str, Any]],
@@ -373,7 +325,7 @@ def _score(
     emitted = 0
 
     def fail(index: int, message: str) -> MgpoError:
-        return MgpoError(f"reward function {spec!r} on item {_item_name(names[index])}: {message}")
+        return MgpoError(f"reward function {spec!r} on item {item_name(names[index])}: {message}")
 
     def row_of(index: int, result: dict[str, Any] | None) -> dict[str, Any]:
         item = names.pop(index)
@@ -398,7 +350,7 @@ def _score(
             except StopIteration:
                 exhausted = True
                 break
-            _check_item(taken, item, options)
+            check_item(taken, item, options)
             names[taken] = {"prompt_id": item.get("prompt_id"), "sample": item.get("sample")}
             worker.index, worker.deadline = taken, time.monotonic() + timeout_s
             worker.conn.send((taken, dict(item)))
