@@ -238,3 +238,53 @@ def test_nucleus_filter_matches_the_plain_definition(top_p):
         kept = out > -math.inf
         assert torch.equal(out[kept], row[kept])
     assert torch.equal(nucleus_filter(scores, 1.0), scores)
+
+
+def _vision_images_seen(model) -> list[int]:
+    """A counter of the images the vision tower encodes (one entry per call)."""
+    seen: list[int] = []
+    model.model.visual.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(len(kwargs["grid_thw"])), with_kwargs=True
+    )
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("kind", "micro_batch", "temperature", "top_p"),
+    [("tiny", 9, 1.0, 1.0), ("tiny", 4, 0.7, 0.9), ("tiny-text", 5, 1.0, 1.0)],
+    ids=["vision-one-batch", "vision-straddling", "text-model"],
+)
+def test_shared_prompt_prefill_gives_the_same_samples_and_logprobs(
+    tiny_model_dir, kind, micro_batch, temperature, top_p
+):
+    """Each prompt prefilled (and its images encoded) once per micro-batch, not once per sample:
+    the samples and behaviour log-probs are those of the per-sample engine for the same seed."""
+    model, io = load_policy(kind)
+    rows = ROWS if kind == "tiny" else [ROWS[1], {"id": "d", "prompt": "Count.", "images": []}]
+    kwargs = {"n": 3, "temperature": temperature, "top_p": top_p, "max_new_tokens": 10, "seed": 9}
+    seen = _vision_images_seen(model) if kind == "tiny" else []
+    plain = HFEngine(model, io, micro_batch_size=micro_batch, share_prompts=False)
+    want = plain.generate(rows, **kwargs)
+    images_plain = sum(seen)
+    seen.clear()
+    got = HFEngine(model, io, micro_batch_size=micro_batch).generate(rows, **kwargs)
+    for want_group, got_group in zip(want, got, strict=True):
+        assert [s.response_ids for s in got_group] == [s.response_ids for s in want_group]
+        assert [s.finish_reason for s in got_group] == [s.finish_reason for s in want_group]
+        for a, b in zip(got_group, want_group, strict=True):
+            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-5
+    if kind == "tiny" and micro_batch == 9:  # all 9 samples in one micro-batch
+        assert images_plain == 3 * 3 and sum(seen) == 3  # images of a (1) and c (2), once each
+        assert model.model.rope_deltas is None  # generate's M-RoPE offsets do not leak out
+    assert_logprobs_match(model, io, rows, got, temperature)
+
+
+def test_one_token_prompts_and_single_samples_take_the_plain_path(tiny_model_dir):
+    model, io = load_policy("tiny-text")
+    one = io.tokenizer.convert_ids_to_tokens([40])[0]
+    rows = [{"id": "x", "prompt": one, "images": []}]
+    io = dataclasses.replace(io, chat_template=None)  # a base model: the prompt text as it is
+    assert len(io.encode(rows).inputs["input_ids"][0]) == 1
+    kwargs = {"n": 3, "max_new_tokens": 5, "seed": 1}
+    shared = HFEngine(model, io).generate(rows, **kwargs)
+    assert shared == HFEngine(model, io, share_prompts=False).generate(rows, **kwargs)

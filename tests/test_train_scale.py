@@ -39,6 +39,9 @@ TIMING_KEYS |= {"trainer_tokens_per_s", "weight_sync_s"}
 # A third runs the loss options whose statistics span the whole step (the high-entropy mask's
 # threshold, from the frozen pass every process shares; the rollout correction; batch reward
 # scaling) with a token-mean loss, on 2 FSDP processes against one.
+# The shared-prefix comparisons: two whole groups (4 samples each) per micro-batch, so each
+# micro-batch packs two prompts, with and without an image, and responses of up to 3 tokens.
+SHARED = {"optim.micro_batch": 8, "rollout.max_new_tokens": 3}
 CASES = {
     "on-policy": {"optim.mini_batches": 1},
     "frozen-kl": {
@@ -108,11 +111,14 @@ class Runs:
         self.root = root
         self.done: dict[str, Path] = {}
 
-    def get(self, case: str, processes: int, strategy: str) -> Path:
-        name = f"run-{case}-{strategy}-{processes}"
+    def get(self, case: str, processes: int, strategy: str, shared: str | None = None) -> Path:
+        """``shared``: a ``trainer.shared_prefix`` run (two whole groups per micro-batch, 3-token
+        responses); None: the case as it is (one sequence per micro-batch)."""
+        name = f"run-{case}{f'-shared-{shared}' if shared else ''}-{strategy}-{processes}"
         if name not in self.done:
             run = self.root / name
-            args = train_args(self.root, case, **{"trainer.strategy": strategy})
+            extra = {} if shared is None else {**SHARED, "trainer.shared_prefix": shared}
+            args = train_args(self.root, case, **{"trainer.strategy": strategy, **extra})
             run_ok(launch_command(processes, [*args, "--run-dir", run]), self.root)
             self.done[name] = run
         return self.done[name]
@@ -293,25 +299,7 @@ def test_ddp_and_fsdp_on_two_processes_match_one(runs: Runs, tiny_model_dir: Pat
         others.append(runs.get(case, 1, "fsdp"))
     start = load_file(str(tiny_model_dir / "model.safetensors"))
     for other in others:
-        a, b = training(metrics(one)), training(metrics(other))
-        for x, y in zip(a, b, strict=True):
-            assert x["reward_mean"] == y["reward_mean"] and x["tokens"] == y["tokens"]
-            assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
-            assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)
-            for key in ("pg_loss", "entropy", "ratio_mean", "ratio_max", "ratio_min", "kl"):
-                if key in x:
-                    assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (other, key)
-            for key in ("entropy_threshold", "tokens_valid", "rollout_weight_mean"):
-                assert (key in x) == (case == "loss-options"), key
-                assert x.get(key) == pytest.approx(y.get(key), rel=1e-5), (other, key)
-            # every process's engine samples with the updated weights (FSDP: in lockstep)
-            mismatch = x["engine_logprob_mismatch"]
-            assert mismatch == pytest.approx(y["engine_logprob_mismatch"], abs=1e-6)
-            assert y["engine_logprob_mismatch"] <= 1e-4
-        # Each process rolled out its half: every sample once, as in one process; step 2
-        # samples weights that differ by the float noise Adam amplified in step 1's update.
-        for step, tolerance in ((1, 1e-5), (2, 1e-4)):
-            assert_same_rollouts(step_rows(one, step), step_rows(other, step), tolerance)
+        assert_same_run(start, one, other)
         if case == "frozen-kl":  # validation (before step 1, after each): each process its share
             assert [m["val_reward"] for m in metrics(one)] == [
                 m["val_reward"] for m in metrics(other)
@@ -320,14 +308,61 @@ def test_ddp_and_fsdp_on_two_processes_match_one(runs: Runs, tiny_model_dir: Pat
                 val = step_rows(one, step, "val-")
                 assert len(val) == 5  # greedy, one sample each
                 assert_same_rollouts(val, step_rows(other, step, "val-"), 1e-4)
-        assert [m["processes"] for m in b] == [float(other.name[-1])] * 2
-        assert a[0]["grad_norm"] > 0
-        assert_same_update(start, weights(one), weights(other))
+    step_wide = ("entropy_threshold", "tokens_valid", "rollout_weight_mean")
+    assert all(
+        (k in m) == (case == "loss-options") for m in training(metrics(one)) for k in step_wide
+    )
     if case == "frozen-kl":
         assert training(metrics(one))[1]["kl"] > 0
         vision = [k for k in start if ".visual." in f".{k}" or k.startswith("visual.")]
         final = weights(others[1])
         assert vision and all(torch.equal(final[k], start[k]) for k in vision)
+
+
+def assert_same_run(start: dict, one: Path, other: Path) -> None:
+    """Two runs of the same global batches: loss metrics, grad norm, engine log-probs and
+    weights equal up to float noise; ``other`` ran on as many processes as its name ends with."""
+    a, b = training(metrics(one)), training(metrics(other))
+    for x, y in zip(a, b, strict=True):
+        assert x["reward_mean"] == y["reward_mean"] and x["tokens"] == y["tokens"]
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)
+        for key in ("pg_loss", "entropy", "ratio_mean", "ratio_max", "ratio_min", "kl"):
+            if key in x:
+                assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (other, key)
+        for key in ("entropy_threshold", "tokens_valid", "rollout_weight_mean"):
+            assert x.get(key) == pytest.approx(y.get(key), rel=1e-5), (other, key)
+        # every process's engine samples with the updated weights (FSDP: in lockstep)
+        mismatch = x["engine_logprob_mismatch"]
+        assert mismatch == pytest.approx(y["engine_logprob_mismatch"], abs=1e-6)
+        assert y["engine_logprob_mismatch"] <= 1e-4
+    # Each process rolled out its half: every sample once, as in one process; step 2 samples
+    # weights that differ by the float noise Adam amplified in step 1's update.
+    for step, tolerance in ((1, 1e-5), (2, 1e-4)):
+        assert_same_rollouts(step_rows(one, step), step_rows(other, step), tolerance)
+    assert [m["processes"] for m in b] == [float(other.name[-1])] * 2
+    assert a[0]["grad_norm"] > 0
+    assert_same_update(start, weights(one), weights(other))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_shared_prefix_on_trains_like_off_on_one_and_two_processes(
+    runs: Runs, tiny_model_dir: Path, case
+) -> None:
+    """``trainer.shared_prefix=on`` (packed rows, image and text-only prompts in one micro-batch)
+    gives the run ``off`` gives: on one process, and on 2 processes under DDP and FSDP2 (FSDP
+    only for the step-wide loss options, as in the test above)."""
+    off = runs.get(case, 1, "ddp", shared="off")
+    assert [m["shared_prefix"] for m in training(metrics(off))] == [0.0, 0.0]
+    start = load_file(str(tiny_model_dir / "model.safetensors"))
+    layouts = [(1, "ddp"), (2, "fsdp")] + ([(2, "ddp")] if case != "loss-options" else [])
+    for processes, strategy in layouts:
+        on = runs.get(case, processes, strategy, shared="on")
+        assert [m["shared_prefix"] for m in training(metrics(on))] == [1.0, 1.0]
+        assert_same_run(start, off, on)
+    # one sequence per micro-batch (the other tests' runs): nothing to share, auto stays off
+    assert [m["shared_prefix"] for m in training(metrics(runs.get(case, 1, "ddp")))] == [0.0, 0.0]
 
 
 LOCKSTEP_SCRIPT = """

@@ -18,9 +18,9 @@ log-prob under the sampling distribution. ``logprobs="sampled"`` reports the lat
 Processes: every process of a job runs its own engine. With a whole model each (DDP, one
 process) they generate independently; with a sharded one (FSDP) every forward gathers each
 layer's weights from all processes, so they must generate in lockstep: a ``Lockstep`` (the
-trainer's, :mod:`stages.train.generation`) runs ``generate`` the sharding's way, with
-transformers' ``synced_gpus`` (a process that has finished keeps taking part in forwards until
-all have), and a process with fewer micro-batches than another runs idle ones.
+trainer's, :mod:`stages.train.generation`) runs each micro-batch's forwards the sharding's way,
+``generate`` with transformers' ``synced_gpus`` (a process that has finished keeps taking part in
+forwards until all have), and a process with fewer micro-batches than another runs idle ones.
 
 Seeds: each row of a micro-batch (a prompt's sample ``k``) draws its tokens from a generator of
 its own, seeded from the call's seed, the prompt's id and ``k`` (``engine_api.prompt_seed``):
@@ -29,6 +29,16 @@ one uniform number per step picks the token by inverse CDF of the shaped distrib
 sample index whatever the micro-batch size, the other rows of the batch, or the number of
 processes rolling out (up to float differences in the logits that batching makes), and the
 caller's global RNG is never touched.
+
+Shared prompts (``share_prompts=True``, the default): the rows of a micro-batch that repeat one
+prompt (its ``n`` samples) are prefilled once. One forward over the distinct prompts, all but
+their last token, fills a KV cache (the images go through the vision tower there, once per
+prompt); the cache rows are then repeated for the samples and ``generate`` continues from it with
+every sample's full prompt, exactly as a cache-continuation call. Positions are those ``generate``
+gives the whole prompt (Qwen-VL: its 3-D M-RoPE positions and per-row offsets), so samples and
+log-probs are the per-sample engine's for the same seed, up to float rounding (tested). In
+lockstep every process must run the same forwards, so there every micro-batch (idle ones too) is
+prefilled, repeated prompt or not, unless one process has a one-token prompt (then none is).
 """
 
 from __future__ import annotations
@@ -88,8 +98,9 @@ class Lockstep(Protocol):
         """Around a whole ``generate`` call of the engine (every process enters it)."""
         ...
 
-    def generate(self, **kwargs: Any) -> torch.Tensor:
-        """``model.generate(**kwargs)``, run the sharding's way (``synced_gpus`` is set)."""
+    def run(self, call: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``call()`` (a micro-batch's prefill and ``generate``), its forwards run the
+        sharding's way."""
         ...
 
 
@@ -140,6 +151,9 @@ class _Sampler:
         return torch.stack(self.taken, dim=1) if self.taken else torch.zeros(len(last_tokens), 0)
 
 
+_IMAGE_INPUTS = ("pixel_values", "image_grid_thw")
+
+
 def sample_generator(prompt: int, sample: int) -> torch.Generator:
     """The random stream of sample ``sample`` of a prompt whose seed is ``prompt``."""
     state = np.random.SeedSequence([prompt, sample]).generate_state(1, dtype=np.uint64)[0]
@@ -183,6 +197,7 @@ class HFEngine:
         logprobs: str = "policy",
         precision: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
         lockstep: Lockstep | None = None,
+        share_prompts: bool = True,
     ):
         """``precision``: the context the model computes in (the trainer's autocast);
         ``lockstep``: for a sharded model (see the module docstring)."""
@@ -195,6 +210,7 @@ class HFEngine:
         self.logprobs_mode = logprobs
         self.precision = precision
         self.lockstep = lockstep
+        self.share_prompts = share_prompts
         self._banned = torch.tensor(io.banned_token_ids, dtype=torch.long)
 
     @classmethod
@@ -235,12 +251,16 @@ class HFEngine:
         ):
             for index in range(count):
                 if index >= len(chunks):  # idle: the others still generate (lockstep only)
-                    self._generate_batch([IDLE_ROW], temperature, top_p, 1, [torch.Generator()])
+                    idle = [torch.Generator()]
+                    self._generate_batch([IDLE_ROW], [0], temperature, top_p, 1, idle)
                     continue
                 chunk = chunks[index]
                 rows = [prompt_rows[p] for p, _ in chunk]
+                prompts = [p for p, _ in chunk]
                 generators = [sample_generator(seeds[p], k) for p, k in chunk]
-                samples = self._generate_batch(rows, temperature, top_p, max_new_tokens, generators)
+                samples = self._generate_batch(
+                    rows, prompts, temperature, top_p, max_new_tokens, generators
+                )
                 for (p, _), sample in zip(chunk, samples, strict=True):
                     out[p].append(sample)
         return out
@@ -248,14 +268,25 @@ class HFEngine:
     def _generate_batch(
         self,
         rows: Sequence[Mapping[str, Any]],
+        prompts: Sequence[int],
         temperature: float,
         top_p: float,
         max_new_tokens: int,
         generators: Sequence[torch.Generator],
     ) -> list[Sample]:
+        """Samples for ``rows`` (``prompts[i]``: which prompt row ``i`` is, to share prefills)."""
         from transformers import GenerationConfig, LogitsProcessorList
 
-        batch = self.io.encode(rows, padding_side="left").to(self.device)
+        distinct = list(dict.fromkeys(prompts))
+        together = self.lockstep
+        share = self.share_prompts and (together is not None or len(distinct) < len(prompts))
+        first = [prompts.index(p) for p in distinct]
+        encoded = [rows[i] for i in first] if share else rows
+        batch = self.io.encode(encoded, padding_side="left").to(self.device)
+        if share and not self._everywhere(batch.inputs["input_ids"].shape[1] > 1):
+            share = False  # a one-token prompt: nothing to prefill; generate from the full rows
+            batch = self.io.encode(rows, padding_side="left").to(self.device)
+        repeat = torch.tensor([distinct.index(p) for p in prompts], device=self.device)
         sampler = _Sampler(temperature, top_p, self._banned, self.logprobs_mode, generators)
         # Our sampler shapes the distribution and draws the token: generate only takes it.
         config = GenerationConfig(
@@ -264,20 +295,65 @@ class HFEngine:
             eos_token_id=self.io.stop_token_ids,
             pad_token_id=self.io.pad_token_id,
         )
-        arguments = {
+        arguments: dict[str, Any] = {
             "generation_config": config,
             "logits_processor": LogitsProcessorList([sampler]),
         }
-        if self.lockstep is None:
-            sequences = self.model.generate(**batch.inputs, **arguments)
-        else:
-            sequences = self.lockstep.generate(**batch.inputs, **arguments, synced_gpus=True)
+        if together is not None:
+            arguments["synced_gpus"] = True
+
+        def run() -> torch.Tensor:
+            inputs: dict[str, Any] = batch.inputs
+            if share:
+                inputs = {
+                    "input_ids": inputs["input_ids"][repeat],
+                    "attention_mask": inputs["attention_mask"][repeat],
+                    "past_key_values": self._prefill(batch.inputs, repeat),
+                }
+            return self.model.generate(**inputs, **arguments)
+
+        sequences = run() if together is None else together.run(run)
         generated = sequences[:, batch.inputs["input_ids"].shape[1] :].cpu()
         logprobs = sampler.finish(sequences[:, -1]).cpu()
         return [
             finish_sample(self.io, ids.tolist(), lps.tolist())
             for ids, lps in zip(generated, logprobs, strict=True)
         ]
+
+    def _everywhere(self, condition: bool) -> bool:
+        """``condition`` on this process and, in lockstep, on every process."""
+        if self.lockstep is None:
+            return condition
+        return self.lockstep.most(0 if condition else 1) == 0
+
+    def _prefill(self, inputs: dict[str, torch.Tensor], repeat: torch.Tensor) -> Any:
+        """KV cache of the distinct left-padded prompts but their last token, its rows repeated
+        as ``repeat`` says; for Qwen-VL also the M-RoPE offsets ``generate`` continues from.
+
+        The positions are those ``generate`` would give the whole prompts: the model's own 3-D
+        positions with images, else ``cumsum(mask) - 1`` (padding at 0)."""
+        from transformers import DynamicCache
+
+        head = {k: v[:, :-1] for k, v in inputs.items() if k not in _IMAGE_INPUTS}
+        inner = getattr(self.model, "model", None)
+        rope = inner is not None and hasattr(inner, "rope_deltas")
+        if "image_grid_thw" in inputs:
+            head.update({k: v for k, v in inputs.items() if k in _IMAGE_INPUTS})
+            inner.rope_deltas = None  # recomputed from this prompt batch
+        else:
+            mask = head["attention_mask"]
+            head["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=self.model.config)
+        self.model(**head, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        if rope:
+            deltas = inner.rope_deltas if "image_grid_thw" in inputs else None
+            if deltas is None:
+                deltas = torch.zeros(
+                    len(head["input_ids"]), 1, dtype=torch.long, device=self.device
+                )
+            inner.rope_deltas = deltas[repeat]
+        cache.batch_select_indices(repeat)
+        return cache
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy tensors into the model's parameters/buffers by name (tied names included)."""

@@ -149,6 +149,10 @@ class TrainerConfig:
     save_every: NonNegativeInt = 10  # 0: only at the end
     keep_last: NonNegativeInt = 2  # 0: keep every checkpoint
     strategy: str = "ddp"  # ddp (every process holds the whole model) | fsdp (FSDP2 sharding)
+    # Encode each prompt once per group in the old log-probs and the update (one packed row per
+    # prompt, stages/train/shared_prefix.py): on | off | auto (on where it costs less). YAML
+    # reads a bare on / off as true / false: both spellings are accepted.
+    shared_prefix: str | bool = "auto"
     # How long a process waits in a collective before giving up: the other processes wait while
     # the main one rolls out, scores and validates, so this must outlast a rollout phase.
     collective_timeout_s: PositiveFloat = 7200.0
@@ -160,6 +164,10 @@ class TrainerConfig:
     require_gpu: bool = False  # refuse to start on a machine without a GPU
     # final/ under model.lora: merged (a plain model folder) | adapter (a peft adapter folder)
     export: str = "merged"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shared_prefix, bool):
+            object.__setattr__(self, "shared_prefix", "on" if self.shared_prefix else "off")
 
 
 @dataclass(frozen=True)
@@ -223,6 +231,10 @@ def check(config: TrainConfig) -> None:
         )
     if config.trainer.strategy not in ("ddp", "fsdp"):
         raise MgpoError(f"trainer.strategy '{config.trainer.strategy}': expected ddp or fsdp")
+    if config.trainer.shared_prefix not in ("auto", "on", "off"):
+        raise MgpoError(
+            f"trainer.shared_prefix '{config.trainer.shared_prefix}': expected auto, on or off"
+        )
     _check_plan(config.plan)
     _check_lora(config)
     if config.trainer.collective_timeout_s <= 0:

@@ -6,9 +6,9 @@ calling ``generate`` outside the root module's forward, cannot work (the root's 
 sharded: "mixed Tensor and DTensor"). So every process generates its own rows, and all run the
 same forwards in the same order (the ``synced_gpus`` idea):
 
-- ``generate`` runs inside the root's forward (``LogprobModel(Generate(...))``), as FSDP
-  expects of any forward: the root's weights (embeddings, final norm, ``lm_head``, the vision
-  merger) are gathered once for the whole call;
+- ``generate`` (and the engine's prefill of shared prompts before it) runs inside the root's
+  forward (``LogprobModel(Generate(...))``), as FSDP expects of any forward: the root's weights
+  (embeddings, final norm, ``lm_head``, the vision merger) are gathered once for the whole call;
 - transformers' ``synced_gpus``: a process that has finished keeps running forwards until all
   have; and a process with fewer micro-batches runs idle ones (``most``, ``HFEngine``);
 - the vision tower runs only where a batch has images, so its blocks are gathered at the start
@@ -23,10 +23,9 @@ FSDP) no lockstep is needed: every process holds the whole model and generates o
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import torch
 from torch import nn
 
 from stages.train.dist import Distributed
@@ -54,8 +53,8 @@ class ShardedGeneration:
         finally:
             self._reshard()
 
-    def generate(self, **arguments: Any) -> torch.Tensor:
-        return self.root(Generate(within=self._vision_whole, **arguments))
+    def run(self, call: Callable[[], Any]) -> Any:
+        return self.root(Generate(call, within=self._vision_whole))
 
     @contextlib.contextmanager
     def _vision_whole(self) -> Iterator[None]:

@@ -37,8 +37,8 @@ from safetensors.torch import save_file
 
 from stages.models.adapters import ADAPTER_WEIGHTS
 from stages.models.loading import load_policy
+from stages.train import batching, sharding
 from stages.train import dist as distributed
-from stages.train import sharding
 from stages.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 from stages.train.config import TrainConfig
 from stages.train.forward import LogprobModel, response_logprobs
@@ -169,49 +169,74 @@ class Policy:
     # -- log-probs without gradient ---------------------------------------------------------------
 
     def reference_logprobs(
-        self, rows: list[dict], responses: list[list[int]]
+        self,
+        rows: list[dict],
+        responses: list[list[int]],
+        group_ids: list[int] | None = None,
+        shared: bool = False,
     ) -> list[torch.Tensor] | None:
         """Log-probs under the initial policy for the KL term (None without one): its frozen
-        copy, or under LoRA the policy itself with its adapters off."""
+        copy, or under LoRA the policy itself with its adapters off. Without ``group_ids`` every
+        sample is its own group."""
         if self.config.algo.kl_coef <= 0:
             return None
+        if group_ids is None:
+            group_ids = list(range(len(responses)))
         if self.adapters is None:
-            return self.frozen_logprobs(self.reference, rows, responses)
+            return self.frozen_logprobs(self.reference, rows, responses, group_ids, shared)
         with self.adapters.off(self.module):
-            return self.frozen_logprobs(self.model, rows, responses)
+            return self.frozen_logprobs(self.model, rows, responses, group_ids, shared)
 
     def frozen_logprobs(
-        self, model: Any, rows: list[dict], responses: list[list[int]]
+        self,
+        model: Any,
+        rows: list[dict],
+        responses: list[list[int]],
+        group_ids: list[int],
+        shared: bool = False,
     ) -> list[torch.Tensor]:
         """Per-sample log-probs under ``model`` without gradient: the policy before this step's
         first update (the old log-probs), or the reference policy for the KL term.
 
-        Each process computes every ``world``-th sample, in the same number of forwards (a
-        process short of samples repeats one), and one all-reduce of a zero-filled table shares
-        them: exact, since every entry has a single non-zero contribution.
+        Each process computes its share of the samples (whole groups with the shared-prefix
+        forward, ``shared``; see :mod:`stages.train.batching`) in the same number of forwards
+        (a process short of samples repeats one), and one all-reduce of a zero-filled table
+        shares them: exact, since every entry has a single non-zero contribution.
         """
-        return self._frozen(model, rows, responses, with_entropy=False)[0]
+        return self._frozen(model, rows, responses, group_ids, shared, with_entropy=False)[0]
 
     def frozen_logprobs_and_entropy(
-        self, model: Any, rows: list[dict], responses: list[list[int]]
+        self,
+        model: Any,
+        rows: list[dict],
+        responses: list[list[int]],
+        group_ids: list[int],
+        shared: bool = False,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """:meth:`frozen_logprobs` plus each token's entropy from the same forward (what the
         high-entropy token mask's step-wide threshold is computed from)."""
-        return self._frozen(model, rows, responses, with_entropy=True)
+        return self._frozen(model, rows, responses, group_ids, shared, with_entropy=True)
 
     def _frozen(
-        self, model: Any, rows: list[dict], responses: list[list[int]], *, with_entropy: bool
+        self,
+        model: Any,
+        rows: list[dict],
+        responses: list[list[int]],
+        group_ids: list[int],
+        shared: bool,
+        *,
+        with_entropy: bool,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         world, rank, device = self.dist.world, self.dist.rank, self.dist.device
-        mine = list(range(rank, len(rows), world))
-        per_rank = -(-len(rows) // world)
         size = self.config.optim.micro_batch
+        micro = batching.micro_batches(
+            range(len(rows)), group_ids, size, world, rank, grouped=shared
+        )
         width = max([len(r) for r in responses] + [1])
         table = torch.zeros(2 if with_entropy else 1, len(rows), width, device=device)
         with torch.no_grad():
-            for start in range(0, per_rank, size):
-                chunk = mine[start : start + size]
-                indices = chunk or [0]  # an idle process still runs its share of forwards
+            for chunk in micro:
+                indices = [0 if i is None else i for i in chunk]  # idle: a forward all the same
                 with self.autocast():
                     result = response_logprobs(
                         model,
@@ -221,8 +246,11 @@ class Policy:
                         device=device,
                         temperature=self.temperature,
                         with_entropy=with_entropy,
+                        shared_prefix=shared,
                     )
                 for k, i in enumerate(chunk):
+                    if i is None:  # a placeholder: its forward only keeps the processes in step
+                        continue
                     n = len(responses[i])
                     table[0, i, :n] = result.logp[k, :n].float()
                     if with_entropy:
