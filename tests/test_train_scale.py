@@ -388,6 +388,8 @@ groups = engine.generate(mine, n=2, temperature=1.0, max_new_tokens=6, seed=5)
 found = {row["id"]: [[s.response_ids, s.logprobs] for s in g] for row, g in zip(mine, groups)}
 with open(f"{out}-{rank}.json", "w") as handle:
     json.dump(found, handle)
+torch.distributed.barrier()  # leave the group as a run does (at exit, gloo may abort)
+torch.distributed.destroy_process_group()
 """
 
 
