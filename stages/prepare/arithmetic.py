@@ -133,7 +133,7 @@ def generate(split: str, *, size: int, difficulty: str, seed: int) -> Iterator[d
         misses = 0
         seen.add(text)
         yield {
-            "id": f"arithmetic-{split}-{index:06d}",
+            "id": f"arithmetic-{difficulty}-{split}-{index:06d}",  # unique across levels
             "problem": f"Compute {text}.",
             "answer": str(evaluate(expr)),
             "images": [],
