@@ -5,7 +5,10 @@
 float32 on CPU at [N=64, L=2048] and [N=512, L=512], with all tokens valid ("full") and with
 response lengths uniform in [1, L] ("ragged"). Each round times every loss (interleaved, so
 machine load hits all of them alike); the ratio to GRPO is taken within a round and the table
-shows the median over rounds. Goal from the issue: MGPO <= 1.10x GRPO.
+shows the median over rounds. Every registered loss is timed, plus MGPO's variants and the
+shared options on GRPO (high-entropy mask, rollout correction, dual-clip), which go through
+``algos.compute_loss``; plain losses are called directly. Goal from issue 16: MGPO (fixed alpha)
+<= 1.5x GRPO. ``--only NAME`` (repeatable) times a subset.
 """
 
 from __future__ import annotations
@@ -24,10 +27,19 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gspo": ("gspo", {}),
     "mgpo": ("mgpo", {"alpha": 0.5, "beta": 0.5}),
     "mgpo_dyn": ("mgpo", {"alpha": "dyn", "beta": 0.5}),
+    "mgpo_entropy": ("mgpo", {"uncertainty": "entropy"}),
+    "mgpo_paper": ("mgpo", {"selection": "paper"}),
     "dapo": ("dapo", {}),
     "dr_grpo": ("dr_grpo", {}),
     "gpg": ("gpg", {}),
+    "sapo": ("sapo", {}),
+    "cispo": ("cispo", {}),
+    "gmpo": ("gmpo", {}),
+    "grpo_entropy_top": ("grpo", {"entropy_top": 0.2}),
+    "grpo_tis": ("grpo", {"rollout_correction": "token_truncate"}),
+    "grpo_dual_clip": ("grpo", {"clip_ratio_c": 3.0}),
 }
+SHARED = ("entropy_top", "rollout_correction", "uncertainty")
 
 
 def make_batch(n: int, length: int, ragged: bool, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -40,17 +52,36 @@ def make_batch(n: int, length: int, ragged: bool, seed: int = 0) -> dict[str, to
         lengths = torch.full((n,), length)
     mask = torch.arange(length)[None, :] < lengths[:, None]
     adv = torch.randn(n, generator=g)
-    return {"logp": logp, "old_logp": old, "advantages": adv, "mask": mask}
+    entropy = torch.rand(n, length, generator=g) * 3
+    engine = old + 0.01 * torch.randn(n, length, generator=g)
+    return {
+        "logp": logp,
+        "old_logp": old,
+        "advantages": adv,
+        "mask": mask,
+        "entropy": entropy,
+        "engine_logp": engine,
+    }
 
 
 def step_fn(name: str, params: dict, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
-    fn = algos.ALGORITHMS[name]
+    """One forward+backward; through ``compute_loss`` when a shared option needs it."""
     leaf = batch["logp"].clone().requires_grad_(True)
+    inputs = (batch["old_logp"], batch["advantages"], batch["mask"])
+    if any(key in params for key in SHARED):
+        tensors = {"entropy": batch["entropy"], "engine_logp": batch["engine_logp"]}
+
+        def loss_fn():
+            return algos.compute_loss(name, leaf, *inputs, **params, **tensors)[0]
+    else:
+        fn = algos.ALGORITHMS[name]
+
+        def loss_fn():
+            return fn(leaf, *inputs, **params)[0]
 
     def step() -> None:
         leaf.grad = None
-        loss, _ = fn(leaf, batch["old_logp"], batch["advantages"], batch["mask"], **params)
-        loss.backward()
+        loss_fn().backward()
 
     return step
 
@@ -67,14 +98,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--inner", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", action="append", default=[], help="time only these (and grpo)")
     args = ap.parse_args()
+    names = [k for k in VARIANTS if not args.only or k in args.only or k == "grpo"]
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32 CPU")
     print(f"{'shape':>14} {'mask':>6} {'loss':>9} {'ms':>8} {'x GRPO':>7}")
     for n, length in [(64, 2048), (512, 512)]:
         for ragged in (False, True):
             batch = make_batch(n, length, ragged)
-            steps = {k: step_fn(name, p, batch) for k, (name, p) in VARIANTS.items()}
+            steps = {k: step_fn(*VARIANTS[k], batch) for k in names}
             for step in steps.values():  # warm-up
                 time_once(step, 2)
             times: dict[str, list[float]] = {k: [] for k in steps}

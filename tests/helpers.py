@@ -26,6 +26,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 _HF_CACHE: str | None = None
 
+# A reward that a random policy earns about a fifth of the time, so every training step has signal
+# (tests write it to a file and pass --set score.reward=FILE:vowel).
+VOWEL_REWARD = """
+def vowel(response, answer, **kwargs):
+    text = response.strip().lower()
+    return {"reward": float(text[:1] in "aeiou" and text != ""), "accuracy": float(text == answer.lower())}
+"""
+
 
 def png_bytes(
     width: int = 64, height: int = 48, colour: tuple[int, int, int] = (200, 30, 30)

@@ -8,159 +8,20 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loss_refs import (
+    F64,
+    check_against_reference,
+    loss_and_grad,
+    make_batch,
+    ref_blend,
+    ref_ranks,
+    ref_valid,
+    reference_loss,
+)
 
 from stages.errors import MgpoError
 from stages.train import advantages as adv_mod
 from stages.train import algos
-
-F64 = torch.float64
-
-
-# ----------------------------------------------------------------------------- references
-# Written token by token with Python loops over 0-d tensors, independent of the vectorised code.
-
-
-def ref_clip(x, eps_low, eps_high):
-    return torch.clamp(x, 1.0 - eps_low, 1.0 + eps_high)
-
-
-def ref_valid(mask, i):
-    return [t for t in range(mask.shape[1]) if bool(mask[i, t])]
-
-
-def ref_adv(adv, i, t):
-    return adv[i] if adv.dim() == 1 else adv[i, t]
-
-
-def ref_kl(lp, ref, i, t):
-    d = ref[i, t] - lp[i, t]
-    return torch.exp(d) - d - 1.0
-
-
-def ref_ranks(lp, mask, i):
-    """Most uncertain (highest -logp) first, earlier position first on ties."""
-    valid = ref_valid(mask, i)
-    order = sorted(valid, key=lambda t: (lp[i, t].item(), t))  # ascending logp = descending u
-    return {t: k for k, t in enumerate(order)}
-
-
-def ref_blend(lp, mask, i, alpha, beta):
-    valid = ref_valid(mask, i)
-    n = len(valid)
-    if n == 0:
-        return {}
-    ranks = ref_ranks(lp, mask, i)
-    count = math.floor(beta * n + 1e-9)
-    out = {}
-    for t in valid:
-        k = ranks[t]
-        if k >= count or alpha == 0:
-            out[t] = 0.0
-        elif alpha == "dyn":
-            out[t] = 1.0 - k / (beta * n)
-        else:
-            out[t] = float(alpha)
-    return out
-
-
-def ref_token_objective(lp, old, adv, mask, eps_low, eps_high, kind, alpha=None, beta=None):
-    """{(i, t): min(r A, clip(r) A)} for kind in grpo / gspo / mgpo."""
-    out = {}
-    for i in range(lp.shape[0]):
-        valid = ref_valid(mask, i)
-        if not valid:
-            continue
-        s = torch.exp(sum(lp[i, t] - old[i, t] for t in valid) / len(valid))
-        blend = ref_blend(lp, mask, i, alpha, beta) if kind == "mgpo" else {}
-        for t in valid:
-            a_t = ref_adv(adv, i, t)
-            w = torch.exp(lp[i, t] - old[i, t])
-            if kind == "grpo":
-                r, rc = w, ref_clip(w, eps_low, eps_high)
-            elif kind == "gspo":
-                r, rc = s, ref_clip(s, eps_low, eps_high)
-            else:
-                a = blend[t]
-                r = a * w + (1 - a) * s
-                rc = a * ref_clip(w, eps_low, eps_high) + (1 - a) * ref_clip(s, eps_low, eps_high)
-            out[(i, t)] = min(r * a_t, rc * a_t)
-    return out
-
-
-def ref_seq_mean_loss(per_token, mask, n_rows, zero):
-    total = zero
-    for i in range(mask.shape[0]):
-        valid = ref_valid(mask, i)
-        if valid:
-            total = total + sum(per_token[(i, t)] for t in valid) / len(valid)
-    return -total / n_rows
-
-
-def reference_loss(name, lp, old, adv, mask, **p):
-    n, length = lp.shape
-    zero = lp.sum() * 0.0  # keeps empty sums attached to the graph
-    ref = p.get("ref_logp")
-    coef = p.get("kl_coef", 0.0)
-    kl = (
-        {(i, t): ref_kl(lp, ref, i, t) for i in range(n) for t in ref_valid(mask, i)}
-        if ref is not None
-        else None
-    )
-    if name == "gpg":
-        tokens = sum(len(ref_valid(mask, i)) for i in range(n))
-        total = sum(
-            (lp[i, t] * ref_adv(adv, i, t) for i in range(n) for t in ref_valid(mask, i)), zero
-        )
-        return -p.get("alpha_age", 1.0) * total / max(tokens, 1)
-    defaults = algos.options(name)
-    el = p.get("eps_low", defaults["eps_low"])
-    eh = p.get("eps_high", defaults["eps_high"])
-    if name in ("grpo", "gspo", "mgpo"):
-        kind = name
-        obj = ref_token_objective(
-            lp, old, adv, mask, el, eh, kind, p.get("alpha", 0.5), p.get("beta", 0.5)
-        )
-        loss = ref_seq_mean_loss(obj, mask, n, zero)
-        if kl is not None and coef:
-            loss = loss - coef * ref_seq_mean_loss(kl, mask, n, zero)
-        return loss
-    obj = ref_token_objective(lp, old, adv, mask, el, eh, "grpo")
-    if name == "dapo":
-        denom = max(sum(len(ref_valid(mask, i)) for i in range(n)), 1)
-    else:  # dr_grpo
-        denom = n * p.get("max_len", length)
-    loss = -sum(obj.values(), zero) / denom
-    if kl is not None and coef:
-        loss = loss + coef * sum(kl.values(), zero) / denom
-    return loss
-
-
-# ----------------------------------------------------------------------------- batches
-
-
-def make_batch(seed, n=5, length=7, token_adv=False, dtype=F64, scale=0.3, ties=True):
-    """Random batch: holes and padding anywhere, one-token and empty rows, ties in -logp,
-    mixed-sign (and zero) advantages, log-ratios large enough to hit the clip."""
-    g = torch.Generator().manual_seed(seed)
-    lp = -torch.rand(n, length, generator=g, dtype=F64) * 3
-    if ties:  # exact duplicates inside rows
-        lp[:, 1::3] = lp[:, :1]
-        lp[:, -1] = lp[:, 0]
-    old = lp + scale * torch.randn(n, length, generator=g, dtype=F64)
-    mask = torch.rand(n, length, generator=g) < 0.75
-    if n >= 3:
-        mask[0] = False  # no valid token
-        mask[1] = False
-        mask[1, length // 2] = True  # one token, in the middle
-    adv = (
-        torch.randn(n, length, generator=g, dtype=F64)
-        if token_adv
-        else torch.randn(n, generator=g, dtype=F64)
-    )
-    if n >= 4:
-        adv[3] = 0.0
-    return lp.to(dtype), old.to(dtype), adv.to(dtype), mask
-
 
 ALL_CASES = [
     ("grpo", {}),
@@ -176,20 +37,23 @@ ALL_CASES = [
     ("dr_grpo", {"max_len": 11}),
     ("gpg", {}),
     ("gpg", {"alpha_age": 1.7}),
+    ("sapo", {}),
+    ("sapo", {"tau_pos": 0.5, "tau_neg": 2.0}),
+    ("cispo", {}),
+    ("cispo", {"eps_low": 0.2, "eps_high": 0.28}),
+    ("gmpo", {}),
+    ("gmpo", {"eps_low": 0.1, "eps_high": 0.2}),
+    # dual-clip on every clipped loss (c = 1.2 so that the bound is often active)
+    ("grpo", {"clip_ratio_c": 1.2}),
+    ("gspo", {"clip_ratio_c": 1.2, "eps_low": 0.1, "eps_high": 0.1}),
+    ("dapo", {"clip_ratio_c": 1.2}),
+    ("dr_grpo", {"clip_ratio_c": 1.2}),
+    ("mgpo", {"clip_ratio_c": 1.2}),
+    ("mgpo", {"clip_ratio_c": 1.2, "alpha": "dyn"}),
+    # the paper's listing, with this call's width and with a wider padded width
+    ("mgpo", {"selection": "paper"}),
+    ("mgpo", {"selection": "paper", "beta": 0.3, "padded_width": 12}),
 ]
-
-
-def check_against_reference(name, params, lp, old, adv, mask, atol=1e-10):
-    leaf = lp.clone().requires_grad_(True)
-    loss, metrics = algos.compute_loss(name, leaf, old, adv, mask, **params)
-    (grad,) = torch.autograd.grad(loss, leaf)
-    leaf_ref = lp.clone().requires_grad_(True)
-    ref = reference_loss(name, leaf_ref, old, adv, mask, **params)
-    (grad_ref,) = torch.autograd.grad(ref, leaf_ref)
-    torch.testing.assert_close(loss.detach(), ref.detach(), atol=atol, rtol=1e-9)
-    torch.testing.assert_close(grad, grad_ref, atol=atol, rtol=1e-9)
-    assert metrics["loss"] == pytest.approx(loss.item())
-    return loss, grad, metrics
 
 
 # ----------------------------------------------------------------------------- reference match
@@ -205,6 +69,10 @@ def test_matches_reference(name, params, seed):
 @pytest.mark.parametrize("name,params", ALL_CASES)
 def test_matches_reference_token_advantages(name, params):
     lp, old, adv, mask = make_batch(7, n=4, length=9, token_adv=True)
+    if name == "gmpo":  # one ratio per response needs one advantage per response
+        with pytest.raises(ValueError, match="one advantage per response"):
+            algos.compute_loss(name, lp, old, adv, mask, **params)
+        return
     check_against_reference(name, params, lp, old, adv, mask)
 
 
@@ -261,16 +129,16 @@ def test_negative_zero_ties_with_zero():
 def test_padding_never_ranked_or_selected():
     lp = torch.tensor([[-9.0, -0.1, -5.0, -7.0, -0.2]], dtype=F64)
     mask = torch.tensor([[False, True, True, False, True]])
-    a = algos.blend_weights(lp, mask, 1.0, 1.0)
+    a = algos.blend_weights(-lp, mask, 1.0, 1.0)
     assert a.tolist() == [[0.0, 1.0, 1.0, 0.0, 1.0]]
-    a = algos.blend_weights(lp, mask, 1.0, 0.34)  # floor(0.34 * 3) = 1: the -5.0 token
+    a = algos.blend_weights(-lp, mask, 1.0, 0.34)  # floor(0.34 * 3) = 1: the -5.0 token
     assert a.tolist() == [[0.0, 0.0, 1.0, 0.0, 0.0]]
 
 
 def test_dynamic_alpha_is_one_on_top_token_and_decreases_with_rank():
     lp, _, _, mask = make_batch(5, n=8, length=40, ties=True)
     for beta in (0.25, 0.5, 1.0):
-        a = algos.blend_weights(lp, mask, "dyn", beta)
+        a = algos.blend_weights(-lp, mask, "dyn", beta)
         ranks = algos.token_ranks(-lp, mask)
         for i in range(lp.shape[0]):
             n = int(mask[i].sum())
@@ -293,13 +161,6 @@ def test_selection_count_floor_is_decimal_friendly():
 
 
 # ----------------------------------------------------------------------------- invariants
-
-
-def loss_and_grad(name, lp, old, adv, mask, **params):
-    leaf = lp.clone().requires_grad_(True)
-    loss, metrics = algos.compute_loss(name, leaf, old, adv, mask, **params)
-    (grad,) = torch.autograd.grad(loss, leaf)
-    return loss.detach(), grad, metrics
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -338,23 +199,31 @@ def plain_pg_grad(adv, mask, n_rows):
     return -(a * mf / lengths) / n_rows
 
 
-@pytest.mark.parametrize("name", ["grpo", "gspo", "mgpo", "dapo", "dr_grpo"])
+@pytest.mark.parametrize(
+    "name", ["grpo", "gspo", "mgpo", "dapo", "dr_grpo", "sapo", "cispo", "gmpo"]
+)
 def test_on_policy_ratios_are_one_and_gradient_is_plain_pg(name):
+    """On-policy every ratio is 1 and each loss is a plain policy gradient: SAPO's gate weight
+    4 p (1 - p) r is exactly 1 at r = 1, CISPO's weight is 1, GMPO is the policy gradient of
+    the sequence mean."""
     lp, _, adv, mask = make_batch(4, n=6, length=10)
     loss, grad, metrics = loss_and_grad(name, lp, lp.clone(), adv, mask)
     assert metrics["ratio_mean"] == pytest.approx(1.0)
     assert metrics["ratio_spread"] == pytest.approx(0.0, abs=1e-15)
-    assert metrics["clip_frac_low"] == metrics["clip_frac_high"] == 0.0
+    if name != "sapo":
+        assert metrics["clip_frac_low"] == metrics["clip_frac_high"] == 0.0
+    else:
+        assert metrics["gate_mean"] == 1.0
     mf = mask.to(F64)
     n, length = lp.shape
-    if name == "dapo":
+    if name in ("dapo", "cispo"):
         expected = -(adv[:, None] * mf) / mf.sum()
     elif name == "dr_grpo":
         expected = -(adv[:, None] * mf) / (n * length)
     elif name == "mgpo":
         # on-policy MGPO is the policy gradient with per-token weights a_t + 1 - mean_t(a):
         # same total per response as plain PG, shifted towards the selected uncertain tokens
-        a = algos.blend_weights(lp, mask, 0.5, 0.5)
+        a = algos.blend_weights(-lp, mask, 0.5, 0.5)
         abar = a.sum(1, keepdim=True) / mf.sum(1, keepdim=True).clamp(min=1)
         expected = plain_pg_grad(adv, mask, n) * (a + 1 - abar)
         torch.testing.assert_close(grad.sum(1), plain_pg_grad(adv, mask, n).sum(1))
@@ -369,7 +238,7 @@ def test_on_policy_mgpo_with_constant_blend_is_plain_pg():
     torch.testing.assert_close(grad, plain_pg_grad(adv, mask, lp.shape[0]), atol=1e-12, rtol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["grpo", "gspo", "mgpo", "dapo", "dr_grpo", "gpg"])
+@pytest.mark.parametrize("name", list(algos.ALGORITHMS))
 def test_micro_batches_with_global_normaliser_add_up(name):
     lp, old, adv, mask = make_batch(6, n=8, length=10)
     full, grad_full, _ = loss_and_grad(name, lp, old, adv, mask)
@@ -380,6 +249,9 @@ def test_micro_batches_with_global_normaliser_add_up(name):
         "dapo": {"num_tokens": float(mask.sum())},
         "dr_grpo": {"num_seqs": 8, "max_len": 10},
         "gpg": {"num_tokens": float(mask.sum())},
+        "sapo": {"num_seqs": 8},
+        "cispo": {"num_tokens": float(mask.sum())},
+        "gmpo": {"num_seqs": 8},
     }[name]
     parts = [
         loss_and_grad(name, lp[sl], old[sl], adv[sl], mask[sl], **norm)
@@ -444,7 +316,7 @@ def test_every_algorithm_reports_common_metrics():
         _, _, m = loss_and_grad(name, lp, old, adv, mask)
         assert {"loss", "pg_loss", "tokens", "ratio_mean", "ratio_spread"} <= m.keys()
         assert all(isinstance(v, float) for v in m.values())
-        if name != "gpg":
+        if name not in ("gpg", "sapo"):
             assert {"clip_frac_low", "clip_frac_high"} <= m.keys()
 
 
@@ -521,7 +393,7 @@ def test_extreme_log_ratios_stay_finite(name, dtype):
     adv = torch.tensor([1.0, -1.0, 2.0, -0.5])
     mask = torch.ones(n, length, dtype=torch.bool)
     leaf = lp.to(dtype).requires_grad_(True)
-    params = {"kl_coef": 0.1, "ref_logp": old.to(dtype)} if name != "gpg" else {}
+    params = {"kl_coef": 0.1, "ref_logp": old.to(dtype)} if "kl_coef" in algos.options(name) else {}
     loss, metrics = algos.compute_loss(name, leaf, old.to(dtype), adv.to(dtype), mask, **params)
     loss.backward()
     assert torch.isfinite(loss)
@@ -547,6 +419,24 @@ def test_extreme_log_ratios_stay_finite(name, dtype):
         ("grpo", {"kl_coef": 0.1}, "ref_logp"),
         ("dr_grpo", {"max_len": 0}, "max_len"),
         ("ppo", {}, "unknown algorithm"),
+        ("sapo", {"tau_pos": 0.0}, "tau_pos"),
+        ("sapo", {"tau_neg": -1.0}, "tau_neg"),
+        ("sapo", {"eps_low": 0.2}, "no option 'eps_low'"),
+        ("grpo", {"entropy_top": 0.0}, "entropy_top"),
+        ("dapo", {"entropy_top": 1.5}, "entropy_top"),
+        ("gspo", {"entropy_top": 0.2}, "no option 'entropy_top'"),
+        ("grpo", {"rollout_correction": "token"}, "rollout_correction must be one of"),
+        ("grpo", {"rollout_correction": "token_mask"}, "engine's log-probs"),
+        ("grpo", {"rollout_correction_max": 0.5}, "rollout_correction_max"),
+        ("gmpo", {"rollout_correction": "token_truncate"}, "sequence_truncate"),
+        ("grpo", {"clip_ratio_c": 1.0}, "clip_ratio_c"),
+        ("cispo", {"clip_ratio_c": 3.0}, "no option 'clip_ratio_c'"),
+        ("mgpo", {"uncertainty": "logp"}, "uncertainty"),
+        ("mgpo", {"uncertainty": "entropy"}, "needs the token entropies"),
+        ("grpo", {"entropy_top": 0.2}, "needs the token entropies"),
+        ("mgpo", {"selection": "top"}, "selection"),
+        ("mgpo", {"selection": "paper", "alpha": "dyn"}, "fixed-alpha"),
+        ("gmpo", {"eps_low": -0.1}, "eps_low"),
     ],
 )
 def test_bad_options_raise_one_line(name, params, needle):
@@ -565,7 +455,25 @@ def test_cli_strings_are_accepted():
 
 
 def test_registry_and_defaults():
-    assert list(algos.ALGORITHMS) == ["grpo", "gspo", "mgpo", "dapo", "dr_grpo", "gpg"]
+    assert list(algos.ALGORITHMS) == [
+        "grpo",
+        "gspo",
+        "mgpo",
+        "dapo",
+        "dr_grpo",
+        "gpg",
+        "sapo",
+        "cispo",
+        "gmpo",
+    ]
+    assert set(algos.ABOUT) == set(algos.ALGORITHMS)
+    assert (algos.options("sapo")["tau_pos"], algos.options("sapo")["tau_neg"]) == (1.0, 1.05)
+    assert (algos.options("cispo")["eps_low"], algos.options("cispo")["eps_high"]) == (1.0, 4.0)
+    assert (algos.options("gmpo")["eps_low"], algos.options("gmpo")["eps_high"]) == (0.4, 0.4)
+    for name in algos.ALGORITHMS:
+        assert algos.options(name)["rollout_correction"] == "none"
+        assert algos.options(name)["rollout_correction_max"] == 2.0
+        assert ("entropy_top" in algos.options(name)) == (name in algos.TOKEN_LEVEL)
     assert set(algos.ADVANTAGE_ESTIMATOR) == set(algos.ALGORITHMS)
     assert set(algos.ADVANTAGE_ESTIMATOR.values()) <= set(adv_mod.ESTIMATORS)
     assert algos.options("gspo")["eps_low"] == 3e-4 and algos.options("gspo")["eps_high"] == 4e-4
@@ -616,7 +524,7 @@ def test_mgpo_property_matches_reference(seed, n, length, beta, alpha, token_adv
 def test_blend_weight_properties(seed, n, length, beta, alpha):
     lp, _, _, mask = make_batch(seed, n=n, length=length)
     for dtype in (F64, torch.float32):
-        a = algos.blend_weights(lp.to(dtype), mask, alpha, beta)
+        a = algos.blend_weights(-lp.to(dtype), mask, alpha, beta)
         assert (a >= 0).all() and (a <= 1).all()
         assert a[~mask].abs().sum() == 0
         counts = (a > 0).sum(1)
@@ -634,7 +542,7 @@ def test_blend_weight_properties(seed, n, length, beta, alpha):
     seed=st.integers(0, 10_000),
     n=st.integers(1, 5),
     length=st.integers(1, 8),
-    name=st.sampled_from(["grpo", "gspo", "dapo", "dr_grpo", "gpg"]),
+    name=st.sampled_from(["grpo", "gspo", "dapo", "dr_grpo", "gpg", "sapo", "cispo", "gmpo"]),
 )
 def test_other_algorithms_property_match_reference(seed, n, length, name):
     lp, old, adv, mask = make_batch(seed, n=n, length=length)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from stages.train import algos, loss_metrics
+from stages.train.losses import modifiers
 
 NORMALISERS = ("num_seqs", "num_tokens", "max_len")
 
@@ -24,19 +25,37 @@ def random_batch(seed: int, rows: int = 10, width: int = 7):
     return logp, old, advantages, mask, entropy
 
 
-def global_normalisers(name: str, mask: torch.Tensor) -> dict[str, float]:
-    """The whole batch's counts, as the trainer passes them to every micro-batch."""
+def engine_logp(batch) -> torch.Tensor:
+    """Behaviour log-probs of a rollout engine that disagrees a little with the trainer."""
+    gen = torch.Generator().manual_seed(99)
+    return batch[1] + 0.3 * torch.randn(batch[1].shape, generator=gen)
+
+
+def global_normalisers(name: str, mask: torch.Tensor, extra: dict | None = None) -> dict:
+    """The whole batch's counts, as the trainer passes them to every micro-batch: under the
+    high-entropy mask, the step's threshold and its kept tokens."""
+    extra = extra or {}
+    kept = mask
+    if extra.get("entropy_top") is not None:
+        entropy = extra["_entropy"]
+        threshold = modifiers.entropy_threshold(entropy, mask, extra["entropy_top"])
+        kept = modifiers.keep_high_entropy(entropy, mask, threshold)
     lengths = mask.sum(1)
     counts = {
         "num_seqs": float(mask.shape[0]),
-        "num_tokens": float(lengths.sum()),
+        "num_tokens": float(kept.sum()),
         "max_len": float(lengths.max()),
     }
+    if extra.get("entropy_top") is not None:
+        counts["entropy_threshold"] = threshold
     return {k: v for k, v in counts.items() if k in algos.options(name)}
 
 
 def chunk_metrics(name, batch, rows, normalisers, extra):
     logp, old, advantages, mask, entropy = batch
+    tensors = {}
+    if extra.get("rollout_correction", "none") != "none":
+        tensors["engine_logp"] = engine_logp(batch)[rows]
     _, metrics = algos.compute_loss(
         name,
         logp[rows],
@@ -45,21 +64,32 @@ def chunk_metrics(name, batch, rows, normalisers, extra):
         mask[rows],
         entropy=entropy[rows],
         **normalisers,
-        **extra,
+        **{k: v for k, v in extra.items() if not k.startswith("_")},
+        **tensors,
     )
     return metrics
 
 
-def options_for(name: str) -> dict:
-    return {"alpha": "dyn", "beta": 0.5} if name == "mgpo" else {}
+CASES = [(name, {}) for name in sorted(algos.ALGORITHMS)] + [
+    ("mgpo", {"alpha": "dyn", "beta": 0.5}),
+    ("mgpo", {"clip_ratio_c": 1.5, "uncertainty": "entropy"}),
+    ("grpo", {"entropy_top": 0.3}),
+    ("dapo", {"entropy_top": 0.5, "rollout_correction": "token_mask"}),
+    ("cispo", {"entropy_top": 0.2}),
+    ("gpg", {"entropy_top": 0.6}),
+    ("sapo", {"rollout_correction": "token_truncate", "rollout_correction_max": 1.2}),
+    ("gmpo", {"rollout_correction": "sequence_mask"}),
+    ("gspo", {"rollout_correction": "sequence_truncate", "clip_ratio_c": 2.0}),
+    ("dr_grpo", {"clip_ratio_c": 1.2}),
+]
 
 
-@pytest.mark.parametrize("name", sorted(algos.ALGORITHMS))
-def test_micro_batches_combine_into_the_whole_batch_metrics(name: str) -> None:
-    batch = random_batch(seed=len(name))
+@pytest.mark.parametrize("name,extra", CASES)
+def test_micro_batches_combine_into_the_whole_batch_metrics(name: str, extra: dict) -> None:
+    batch = random_batch(seed=len(name) + len(extra))
     mask = batch[3]
-    normalisers = global_normalisers(name, mask)
-    extra = options_for(name)
+    extra = {**extra, "_entropy": batch[4]}
+    normalisers = global_normalisers(name, mask, extra)
     whole = chunk_metrics(name, batch, slice(None), normalisers, extra)
     # uneven micro-batches, plus a masked-off placeholder (what an idle process runs)
     chunks = [
@@ -67,31 +97,30 @@ def test_micro_batches_combine_into_the_whole_batch_metrics(name: str) -> None:
         for a, b in [(0, 3), (3, 6), (6, 10)]
     ]
     logp, old, advantages, _, entropy = batch
-    _, placeholder = algos.compute_loss(
-        name,
-        logp[:2],
-        old[:2],
-        advantages[:2],
-        torch.zeros_like(mask[:2]),
-        entropy=entropy[:2],
-        **normalisers,
-        **extra,
-    )
+    masked_off = (logp, old, advantages, torch.zeros_like(mask), entropy)
+    placeholder = chunk_metrics(name, masked_off, slice(0, 2), normalisers, extra)
     keys, sums, extremes = loss_metrics.local_totals([*chunks, placeholder])
     combined = loss_metrics.finish_totals(keys, sums, extremes, optimizer_steps=1)
     assert combined.keys() == whole.keys()
     for key, value in whole.items():
         assert combined[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
-    assert combined["tokens"] == float(mask.sum())
+    assert combined.get("tokens_valid", combined["tokens"]) == float(mask.sum())
 
 
-def test_processes_add_their_totals_and_take_the_extremes() -> None:
+@pytest.mark.parametrize(
+    "name,extra",
+    [("grpo", {}), ("dapo", {"entropy_top": 0.4, "rollout_correction": "token_truncate"})],
+)
+def test_processes_add_their_totals_and_take_the_extremes(name: str, extra: dict) -> None:
     """Two processes' totals, added and maxed as the trainer's all-reduce/gather does, give
-    what one process holding every micro-batch gives."""
-    name = "grpo"
+    what one process holding every micro-batch gives (and, with the step's entropy threshold,
+    what one call on the whole batch gives)."""
     batch = random_batch(seed=3)
-    normalisers = global_normalisers(name, batch[3])
-    chunks = [chunk_metrics(name, batch, slice(a, a + 2), normalisers, {}) for a in range(0, 10, 2)]
+    extra = {**extra, "_entropy": batch[4]}
+    normalisers = global_normalisers(name, batch[3], extra)
+    chunks = [
+        chunk_metrics(name, batch, slice(a, a + 2), normalisers, extra) for a in range(0, 10, 2)
+    ]
     one = loss_metrics.finish_totals(*loss_metrics.local_totals(chunks), optimizer_steps=1)
     first = loss_metrics.local_totals(chunks[0::2])
     second = loss_metrics.local_totals(chunks[1::2])
@@ -100,6 +129,8 @@ def test_processes_add_their_totals_and_take_the_extremes() -> None:
     extremes = [max(a, b) for a, b in zip(first[2], second[2], strict=True)]
     two = loss_metrics.finish_totals(first[0], sums, extremes, optimizer_steps=1)
     assert two == pytest.approx(one)
+    whole = chunk_metrics(name, batch, slice(None), normalisers, extra)
+    assert two == pytest.approx(whole, rel=1e-5, abs=1e-6)
 
 
 def test_losses_are_averaged_over_optimizer_steps_and_token_means_over_tokens() -> None:

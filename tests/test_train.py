@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import assert_user_error, cli_env, run_cli, run_main
+from helpers import VOWEL_REWARD, assert_user_error, cli_env, run_cli, run_main
 from stages.errors import MgpoError
 from stages.train.checkpoint import load_checkpoint, save_checkpoint
 from stages.train.config import TrainConfig
@@ -38,12 +38,6 @@ SMALL_SETTINGS = {
     "optim.mini_batches": 2,
     "trainer.save_every": 1,
 }
-# A reward that a random policy earns about a fifth of the time, so every step has signal.
-VOWEL_REWARD = """
-def vowel(response, answer, **kwargs):
-    text = response.strip().lower()
-    return {"reward": float(text[:1] in "aeiou" and text != ""), "accuracy": float(text == answer.lower())}
-"""
 
 
 def small_args(root: Path) -> list[str]:

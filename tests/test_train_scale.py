@@ -37,9 +37,19 @@ TIMING_KEYS |= {"trainer_tokens_per_s"}
 # The two settings every distributed comparison runs: the on-policy update (old log-probs from
 # the update's own forward, trainable vision tower), and two mini-batches (frozen old
 # log-probs) with a KL reference and a frozen vision tower.
+# A third runs the loss options whose statistics span the whole step (the high-entropy mask's
+# threshold, from the frozen pass every process shares; the rollout correction; batch reward
+# scaling) with a token-mean loss, on 2 FSDP processes against one.
 CASES = {
     "on-policy": {"optim.mini_batches": 1},
     "frozen-kl": {"optim.mini_batches": 2, "algo.kl_coef": 0.05, "model.freeze_vision": "true"},
+    "loss-options": {
+        "algo.name": "dapo",
+        "rollout.max_new_tokens": 2,
+        "algo.entropy_top": 0.5,
+        "algo.rollout_correction": "token_truncate",
+        "algo.scale_rewards": "batch",
+    },
 }
 
 
@@ -258,7 +268,9 @@ def test_ddp_and_fsdp_on_two_processes_match_one(runs: Runs, tiny_model_dir: Pat
     """The same global batch on 2 processes (DDP and FSDP2) as on one: loss metrics, grad norm
     and weights, with text-only micro-batches on either process; FSDP on one process too."""
     one = runs.get(case, 1, "ddp")
-    others = [runs.get(case, 2, "ddp"), runs.get(case, 2, "fsdp")]
+    others = [runs.get(case, 2, "fsdp")]
+    if case != "loss-options":
+        others.insert(0, runs.get(case, 2, "ddp"))
     if case == "on-policy":
         others.append(runs.get(case, 1, "fsdp"))
     start = load_file(str(tiny_model_dir / "model.safetensors"))
@@ -271,6 +283,9 @@ def test_ddp_and_fsdp_on_two_processes_match_one(runs: Runs, tiny_model_dir: Pat
             for key in ("pg_loss", "entropy", "ratio_mean", "ratio_max", "ratio_min", "kl"):
                 if key in x:
                     assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (other, key)
+            for key in ("entropy_threshold", "tokens_valid", "rollout_weight_mean"):
+                assert (key in x) == (case == "loss-options"), key
+                assert x.get(key) == pytest.approx(y.get(key), rel=1e-5), (other, key)
             # the rollout engine samples with the updated weights (FSDP: a refreshed copy)
             mismatch = x["engine_logprob_mismatch"]
             assert mismatch == pytest.approx(y["engine_logprob_mismatch"], abs=1e-6)

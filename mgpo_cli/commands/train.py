@@ -11,6 +11,18 @@ from stages.console import Console
 DEFAULT_RECIPE = "qwen2_5_vl_3b"
 
 
+def _list_algorithms() -> None:
+    """Every registered loss: formula, paper, and its options (recipe keys ``algo.KEY``) with
+    their defaults; plain lines, so the listing reads the same in a pipe or a narrow terminal."""
+    from stages.train import algorithm_catalog
+
+    typer.echo("losses for mgpo train --algo NAME; set an option with --set algo.KEY=VALUE")
+    for entry in algorithm_catalog():
+        options = ", ".join(f"{k}={v}" for k, v in entry["options"].items())
+        typer.echo(f"\n{entry['name']}\n  loss:    {entry['formula']}")
+        typer.echo(f"  paper:   {entry['paper']}\n  options: {options}")
+
+
 def _alpha(value: str | None) -> float | str | None:
     if value is None or value == "dyn":
         return value
@@ -28,7 +40,8 @@ def train(
         help="Built-in recipe name (tiny, qwen2_5_vl_3b, qwen2_5_vl_7b) or a YAML file.",
     ),
     algo: str = typer.Option(
-        None, help="Algorithm: grpo, gspo, mgpo, dapo, dr_grpo or gpg.  \\[recipe: algo.name]"
+        None,
+        help="Algorithm: grpo, gspo, mgpo, dapo, dr_grpo, gpg, sapo, cispo or gmpo (see --list-algos).  \\[recipe: algo.name]",
     ),
     alpha: str = typer.Option(
         None,
@@ -78,8 +91,13 @@ def train(
     gpu_memory: float = typer.Option(
         None, "--gpu-memory", min=0.001, help="With --plan: memory of each GPU, in GiB."
     ),
+    list_algos: bool = typer.Option(
+        False,
+        "--list-algos",
+        help="List every loss with its options, defaults, formula and paper, and exit.",
+    ),
 ) -> None:
-    """Train a policy with GRPO, GSPO, MGPO, DAPO, Dr.GRPO or GPG.
+    """Train a policy with GRPO, GSPO, MGPO, DAPO, Dr.GRPO, GPG, SAPO, CISPO or GMPO.
 
     Without --recipe this uses the paper's Qwen2.5-VL-3B setting on prepared Geometry3K shards
     (GPU); on a CPU use --recipe tiny with the built-in shapes task.
@@ -89,6 +107,9 @@ def train(
     (plan.check: auto = on GPUs only, always = also on CPU against plan.gpus x
     plan.gpu_memory_gib, never = do not check).
     """
+    if list_algos:
+        _list_algorithms()
+        return
     import json
 
     from stages.config import apply_overrides, build, load_recipe, parse_override, to_dict

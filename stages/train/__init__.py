@@ -1,10 +1,12 @@
 """train stage: the on-policy loop (rollout -> score -> update), configured by a recipe.
 
-Public: ``run_train(TrainConfig)`` and the config it takes; the losses live in ``algos``; the
-memory plan (``plan_memory``, ``plan_hardware``, ``plan_table``; see ``memory_plan``) says before
-anything is loaded whether a recipe fits its GPUs.
+Public: ``run_train(TrainConfig)`` and the config it takes; the losses live in ``algos``, and
+``algorithm_catalog()`` lists them (name, options, paper, formula); the memory plan
+(``plan_memory``, ``plan_hardware``, ``plan_table``; see ``memory_plan``) says before anything is
+loaded whether a recipe fits its GPUs.
 """
 
+from stages.train.algos import catalog as algorithm_catalog
 from stages.train.config import TrainConfig
 from stages.train.loop import run_train
 from stages.train.memory_plan import MemoryPlan, plan_hardware, plan_memory
@@ -13,6 +15,7 @@ from stages.train.plan_text import human_bytes, plan_table
 __all__ = [
     "MemoryPlan",
     "TrainConfig",
+    "algorithm_catalog",
     "human_bytes",
     "plan_hardware",
     "plan_memory",

@@ -3,8 +3,12 @@
 All responses sampled for the same prompt form a group. Estimators are pure, vectorised (no
 Python loop over groups) and keyed by name in :data:`ESTIMATORS`:
 
-- ``group_norm`` (GRPO, GSPO, MGPO, DAPO): ``(R - mean_g R) / (std_g R + eps)``;
+- ``group_norm`` (GRPO, GSPO, MGPO, DAPO, SAPO, CISPO, GMPO): ``(R - mean_g R) / (std_g R + eps)``;
 - ``mean_only`` (Dr.GRPO, GPG): ``R - mean_g R``.
+
+Two recipe keys vary them (:func:`estimate`): ``scale_rewards`` divides by the group's std
+(``group``), the whole batch's (``batch``, TRL's option of that name) or nothing (``none``);
+``baseline: median`` is MC-GRPO (:func:`median_centered`, :func:`median_pivots`).
 
 A group whose rewards are all equal ("degenerate") gets an advantage of exactly 0: computing
 ``R - mean`` in floating point can leave ~1e-17 residues (e.g. three rewards of 0.1), and dividing
@@ -106,17 +110,33 @@ def degenerate_groups(rewards: Tensor | Sequence[float], group_ids: GroupIds) ->
     return group_stats(rewards, group_ids).degenerate
 
 
+SCALES = ("group", "batch", "none")
+BASELINES = ("mean", "median")
+
+
 def group_normalized(
     rewards: Tensor | Sequence[float],
     group_ids: GroupIds,
     *,
     eps: float = 1e-6,
     unbiased: bool = True,
+    scale: str = "group",
 ) -> Tensor:
-    """GRPO advantage ``(R - mean_g R) / (std_g R + eps)``; exactly 0 for degenerate groups."""
+    """GRPO advantage ``(R - mean_g R) / (std + eps)``; exactly 0 for degenerate groups.
+
+    ``scale``: ``group`` divides by the group's std (GRPO), ``batch`` by the std of every reward
+    of the batch (more robust for small groups), ``none`` by nothing (= :func:`mean_centered`)."""
     r = torch.as_tensor(rewards)
     st = group_stats(r, group_ids, unbiased=unbiased)
-    adv = (r.to(torch.float64) - st.mean) / (st.std + eps)
+    adv = r.to(torch.float64) - st.mean
+    if scale == "group":
+        adv = adv / (st.std + eps)
+    elif scale == "batch":
+        values = r.to(torch.float64)
+        std = values.std(unbiased=unbiased) if values.numel() > 1 else values.new_zeros(())
+        adv = adv / (std + eps)
+    elif scale != "none":
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     return adv.masked_fill(st.degenerate, 0.0).to(_out_dtype(r))
 
 
@@ -128,11 +148,96 @@ def mean_centered(rewards: Tensor | Sequence[float], group_ids: GroupIds) -> Ten
     return adv.masked_fill(st.degenerate, 0.0).to(_out_dtype(r))
 
 
+MAD_EPS = 1e-3
+"""Added to MC-GRPO's median absolute deviation (the authors' code): with 0/1 rewards and an odd
+group the MAD is always 0, so the advantages become ``±1/1e-3``; AdamW's normalisation makes
+such a constant factor nearly harmless, but the loss values and grad norms are large."""
+
+
+def _group_medians(values: Tensor, index: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
+    """Median of ``values`` within each group ([G]; the mean of the two middle values for an even
+    group) and, per sample, whether it sits at the lower middle position of its group's sorted
+    order (ties in first-seen order): the pivot of an odd group."""
+    by_value = torch.sort(values, stable=True).indices
+    order = by_value[torch.sort(index[by_value], stable=True).indices]  # by group, then value
+    sizes = torch.zeros(n_groups, dtype=torch.int64, device=values.device).index_add_(
+        0, index, torch.ones_like(index)
+    )
+    starts = torch.cumsum(sizes, 0) - sizes
+    lower, upper = starts + (sizes - 1) // 2, starts + sizes // 2
+    ordered = values[order]
+    medians = (ordered[lower] + ordered[upper]) / 2.0
+    pivot = torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
+    pivot[order[lower]] = True
+    return medians, pivot
+
+
+def median_centered(
+    rewards: Tensor | Sequence[float], group_ids: GroupIds, *, scale: str = "group"
+) -> Tensor:
+    """MC-GRPO (Kim 2026, arXiv:2601.22582): ``(R - median_g R) / (MAD + 1e-3)``, the median
+    absolute deviation ``median_g |R - median_g R|`` of the group (``scale=group``), of the whole
+    batch's rewards around their median (``batch``), or no division (``none``); exactly 0 for
+    degenerate groups. The median is far less moved by one outlying reward than the mean, so
+    small groups flip fewer advantage signs. See :data:`MAD_EPS` and :func:`median_pivots`."""
+    r = torch.as_tensor(rewards)
+    index, n_groups = group_index(group_ids)
+    values = _rewards(r, index.numel()).to(torch.float64)
+    index = index.to(values.device)
+    medians, _ = _group_medians(values, index, n_groups)
+    adv = values - medians[index]
+    if scale == "group":
+        mad, _ = _group_medians(adv.abs(), index, n_groups)
+        adv = adv / (mad[index] + MAD_EPS)
+    elif scale == "batch":
+        everyone = torch.zeros_like(index)
+        centre, _ = _group_medians(values, everyone, 1)
+        mad, _ = _group_medians((values - centre).abs(), everyone, 1)
+        adv = adv / (mad + MAD_EPS)
+    elif scale != "none":
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    degenerate = group_stats(values, index).degenerate
+    return adv.masked_fill(degenerate, 0.0).to(_out_dtype(r))
+
+
+def median_pivots(rewards: Tensor | Sequence[float], group_ids: GroupIds) -> Tensor:
+    """Bool ``[N]``: the median sample of each odd-sized group, which MC-GRPO leaves out of the
+    update (its advantage is 0; the paper samples ``n + 1`` so that ``n`` samples remain). Even
+    groups have no pivot (their median lies between two samples)."""
+    index, n_groups = group_index(group_ids)
+    values = _rewards(torch.as_tensor(rewards), index.numel()).to(torch.float64)
+    index = index.to(values.device)
+    _, pivot = _group_medians(values, index, n_groups)
+    sizes = torch.zeros(n_groups, dtype=torch.int64, device=values.device).index_add_(
+        0, index, torch.ones_like(index)
+    )
+    return pivot & (sizes[index] % 2 == 1)
+
+
+def estimate(
+    rewards: Tensor | Sequence[float],
+    group_ids: GroupIds,
+    *,
+    baseline: str = "mean",
+    scale: str = "group",
+) -> Tensor:
+    """Advantages with a ``mean`` (GRPO) or ``median`` (MC-GRPO) baseline and a ``group``,
+    ``batch`` or no (``none``) scale."""
+    if baseline == "median":
+        return median_centered(rewards, group_ids, scale=scale)
+    if baseline != "mean":
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    return group_normalized(rewards, group_ids, scale=scale)
+
+
 ESTIMATORS: dict[str, Callable[..., Tensor]] = {
     "group_norm": group_normalized,
     "mean_only": mean_centered,
 }
 """Advantage estimators by name; ``algos.ADVANTAGE_ESTIMATOR`` names the default per algorithm."""
+
+ESTIMATOR_SCALE = {"group_norm": "group", "mean_only": "none"}
+"""The ``scale`` of :func:`estimate` that reproduces each named estimator."""
 
 
 @dataclass(frozen=True)

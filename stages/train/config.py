@@ -70,15 +70,40 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    name: str = "mgpo"  # grpo | gspo | mgpo | dapo | dr_grpo | gpg
+    """The loss and its options (``mgpo train --list-algos`` lists them per loss). ``None``
+    means the loss's own default; a key the chosen loss does not take is an error."""
+
+    name: str = "mgpo"  # grpo | gspo | mgpo | dapo | dr_grpo | gpg | sapo | cispo | gmpo
     alpha: float | str = 0.5  # MGPO blend on selected tokens, or "dyn"
     beta: UnitFloat = 0.5  # MGPO: fraction of most uncertain tokens blended
     eps_low: NonNegativeFloat | None = None  # None: the algorithm's own default
     eps_high: NonNegativeFloat | None = None
     kl_coef: NonNegativeFloat = 0.0  # k3 KL to the initial policy (0: off, as in the paper)
-    std_normalise: bool = True  # divide advantages by the group std (GRPO-style)
+    clip_ratio_c: float | None = None  # dual-clip bound for A < 0 (clipped losses; 3.0 when on)
+    tau_pos: float | None = None  # SAPO gate temperature for A > 0 (default 1.0)
+    tau_neg: float | None = None  # SAPO gate temperature for A <= 0 (default 1.05)
+    uncertainty: str | None = None  # MGPO token ranking: neg_logp (paper) | entropy
+    selection: str | None = None  # MGPO: per_response | paper (the paper's listing, literally)
+    entropy_top: float | None = None  # keep the top rho of tokens by entropy (token-level losses)
+    rollout_correction: str | None = None  # none | token_truncate | token_mask | sequence_*
+    rollout_correction_max: float | None = None  # cap of pi_trainer / pi_engine (default 2.0)
+    scale_rewards: str | None = None  # group | batch | none (default: the algorithm's own)
+    baseline: str = "mean"  # advantage baseline: mean (GRPO) | median (MC-GRPO)
     dynamic_sampling: bool | None = None  # None: on for dapo only
     gpg_threshold: UnitFloat = 0.0  # GPG: carry valid samples over while below this fraction
+
+
+LOSS_KEYS = (
+    "clip_ratio_c",
+    "tau_pos",
+    "tau_neg",
+    "uncertainty",
+    "selection",
+    "entropy_top",
+    "rollout_correction",
+    "rollout_correction_max",
+)
+"""Algo keys passed to the loss as options of the same name when set (not None)."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +166,7 @@ class TrainConfig:
 
 
 COMPUTE_DTYPES = ("auto", "float32", "fp32", "bf16", "bfloat16")
-ALGORITHM_NAMES = ("grpo", "gspo", "mgpo", "dapo", "dr_grpo", "gpg")
+ALGORITHM_NAMES = ("grpo", "gspo", "mgpo", "dapo", "dr_grpo", "gpg", "sapo", "cispo", "gmpo")
 
 
 def check(config: TrainConfig) -> None:
@@ -154,6 +179,11 @@ def check(config: TrainConfig) -> None:
         raise MgpoError(f"algo.alpha '{algo.alpha}': expected a number in [0, 1] or 'dyn'")
     if not isinstance(algo.alpha, str) and not 0.0 <= algo.alpha <= 1.0:
         raise MgpoError(f"algo.alpha {algo.alpha}: expected a number in [0, 1] or 'dyn'")
+    if algo.scale_rewards not in (None, "group", "batch", "none"):
+        raise MgpoError(f"algo.scale_rewards '{algo.scale_rewards}': expected group, batch or none")
+    if algo.baseline not in ("mean", "median"):
+        raise MgpoError(f"algo.baseline '{algo.baseline}': expected mean or median")
+    check_loss_options(algo)
     if config.rollout.backend not in ("hf", "vllm"):
         raise MgpoError(f"rollout.backend '{config.rollout.backend}': expected hf or vllm")
     if config.optim.schedule not in ("constant", "linear", "cosine"):
@@ -185,3 +215,30 @@ def _check_plan(plan: PlanConfig) -> None:
         raise MgpoError(f"plan.gpu_memory_gib must be positive, got {plan.gpu_memory_gib}")
     if plan.check not in ("auto", "always", "never"):
         raise MgpoError(f"plan.check '{plan.check}': expected auto, always or never")
+
+
+def check_loss_options(algo: AlgoConfig) -> None:
+    """The loss options of the recipe, checked by the loss registry now rather than at the first
+    update: a key the loss does not take, or a bad value, is one line naming the key."""
+    from stages.train import algos
+
+    accepted = algos.options(algo.name)
+    for key in LOSS_KEYS:
+        value = getattr(algo, key)
+        if value is not None and key not in accepted:
+            raise MgpoError(f"algo.{key}: {algo.name} has no option {key}")
+    try:
+        algos.check_options(algo.name, loss_options(algo, accepted))
+    except MgpoError as error:
+        raise MgpoError(f"algo: {error}") from None
+
+
+def loss_options(algo: AlgoConfig, accepted: dict) -> dict:
+    """The options the loss ``algo.name`` receives from the recipe (those it accepts)."""
+    wanted: dict = {"alpha": algo.alpha, "beta": algo.beta}
+    if algo.kl_coef:
+        wanted["kl_coef"] = algo.kl_coef
+    for key in ("eps_low", "eps_high", *LOSS_KEYS):
+        if getattr(algo, key) is not None:
+            wanted[key] = getattr(algo, key)
+    return {k: v for k, v in wanted.items() if k in accepted}

@@ -10,9 +10,12 @@ Instead each process reduces its micro-batches to a vector of sums (``local_tota
 processes add those vectors and take the extremes' max, and ``finish_totals`` makes the row:
 
 - summed keys: total over the step / optimizer steps (the mean mini-batch loss), except
-  ``tokens``, the valid tokens trained in the step;
-- token means: weighted by each micro-batch's valid tokens, so the result is the mean over every
-  valid token of the step, whatever the micro-batch split;
+  ``tokens``, the valid tokens trained in the step (under the high-entropy mask: the kept
+  ones), and ``tokens_valid``, every valid token (reported only with that mask);
+- token means: weighted by each micro-batch's ``tokens``, so the result is the mean over every
+  token of the step the loss trained on, whatever the micro-batch split; the keys in
+  ``OVER_VALID`` (entropy and the mask's own statistics) are means over every valid token,
+  weighted by ``tokens_valid`` when the mask reports it;
 - extremes: over micro-batches with at least one valid token; ``ratio_spread`` = max - min.
 """
 
@@ -23,8 +26,16 @@ from collections.abc import Mapping, Sequence
 
 PER_OPTIMIZER_STEP = ("loss", "pg_loss")
 """Keys that are sums with the mini-batch normaliser built in: add up, divide by steps."""
+COUNTS = ("tokens", "tokens_valid")
+"""Keys that are counts: they add up."""
+OVER_VALID = ("entropy", "entropy_kept_frac", "entropy_threshold")
+"""Token means over every valid token: weighted by ``tokens_valid`` where a chunk has it."""
 LARGEST, SMALLEST = "ratio_max", "ratio_min"
 DERIVED = ("ratio_spread",)
+
+
+def _weight_key(key: str, chunk: Mapping[str, float]) -> str:
+    return "tokens_valid" if key in OVER_VALID and "tokens_valid" in chunk else "tokens"
 
 
 def local_totals(
@@ -42,10 +53,10 @@ def local_totals(
     keys = sorted(k for k in chunks[0] if k not in (LARGEST, SMALLEST, *DERIVED))
     sums = []
     for key in keys:
-        if key in PER_OPTIMIZER_STEP or key == "tokens":
+        if key in PER_OPTIMIZER_STEP or key in COUNTS:
             sums.append(sum(float(c[key]) for c in chunks))
         else:
-            sums.append(sum(float(c[key]) * float(c["tokens"]) for c in chunks))
+            sums.append(sum(float(c[key]) * float(c[_weight_key(key, c)]) for c in chunks))
     if LARGEST not in chunks[0] or SMALLEST not in chunks[0]:
         return keys, sums, []
     valid = [c for c in chunks if c["tokens"] > 0]
@@ -65,15 +76,16 @@ def finish_totals(
     """Finish the (all-process) totals of ``local_totals`` into one metrics row."""
     if not keys:
         return {}
-    tokens = sums[list(keys).index("tokens")]
+    totals = dict(zip(keys, sums, strict=True))
     out = {}
-    for key, total in zip(keys, sums, strict=True):
+    for key, total in totals.items():
         if key in PER_OPTIMIZER_STEP:
             out[key] = total / max(optimizer_steps, 1)
-        elif key == "tokens":
+        elif key in COUNTS:
             out[key] = total
         else:
-            out[key] = total / tokens if tokens > 0 else 0.0
+            weight = totals[_weight_key(key, totals)]
+            out[key] = total / weight if weight > 0 else 0.0
     if extremes:
         largest, smallest = extremes[0], -extremes[1]
         if math.isfinite(largest) and math.isfinite(smallest):

@@ -161,12 +161,24 @@ class Policy:
         process short of samples repeats one), and one all-reduce of a zero-filled table shares
         them: exact, since every entry has a single non-zero contribution.
         """
+        return self._frozen(model, rows, responses, with_entropy=False)[0]
+
+    def frozen_logprobs_and_entropy(
+        self, model: Any, rows: list[dict], responses: list[list[int]]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """:meth:`frozen_logprobs` plus each token's entropy from the same forward (what the
+        high-entropy token mask's step-wide threshold is computed from)."""
+        return self._frozen(model, rows, responses, with_entropy=True)
+
+    def _frozen(
+        self, model: Any, rows: list[dict], responses: list[list[int]], *, with_entropy: bool
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         world, rank, device = self.dist.world, self.dist.rank, self.dist.device
         mine = list(range(rank, len(rows), world))
         per_rank = -(-len(rows) // world)
         size = self.config.optim.micro_batch
         width = max([len(r) for r in responses] + [1])
-        table = torch.zeros(len(rows), width, device=device)
+        table = torch.zeros(2 if with_entropy else 1, len(rows), width, device=device)
         with torch.no_grad():
             for start in range(0, per_rank, size):
                 chunk = mine[start : start + size]
@@ -179,12 +191,16 @@ class Policy:
                         [responses[i] for i in indices],
                         device=device,
                         temperature=self.temperature,
-                        with_entropy=False,
+                        with_entropy=with_entropy,
                     )
                 for k, i in enumerate(chunk):
-                    table[i, : len(responses[i])] = result.logp[k, : len(responses[i])].float()
+                    n = len(responses[i])
+                    table[0, i, :n] = result.logp[k, :n].float()
+                    if with_entropy:
+                        table[1, i, :n] = result.entropy[k, :n].float()
         table = self.dist.sum_(table).cpu()
-        return [table[i, : len(responses[i])] for i in range(len(rows))]
+        cut = [[t[i, : len(responses[i])] for i in range(len(rows))] for t in table]
+        return cut[0], cut[1] if with_entropy else []
 
     # -- weights out: rollout engine, checkpoints, export -----------------------------------------
 

@@ -13,6 +13,8 @@ import torch
 
 from stages.shards import open_shards
 from stages.train import advantages as adv
+from stages.train import algos
+from stages.train.config import AlgoConfig
 
 
 @dataclass
@@ -76,6 +78,37 @@ def read_groups(rollouts_dir: str, scores_dir: str) -> list[Group]:
     return list(groups.values())
 
 
-def advantages_for(estimator: str, rewards: torch.Tensor, group_ids: list[int]) -> torch.Tensor:
-    """Per-sample advantages with the algorithm's estimator (float32, ``[N]``)."""
-    return adv.ESTIMATORS[estimator](rewards, group_ids).to(torch.float32)
+@dataclass
+class StepSamples:
+    """The samples one update trains on, flat, with their advantages (float32, ``[N]``)."""
+
+    prompt_ids: list[str]
+    responses: list[list[int]]
+    engine_logprobs: list[list[float]]
+    rewards: torch.Tensor
+    group_ids: list[int]
+    advantages: torch.Tensor
+    left_out: int  # MC-GRPO: median samples left out of the update
+
+
+def step_samples(algo: AlgoConfig, batch: StepBatch) -> StepSamples:
+    """Flatten the batch and compute advantages: the algorithm's estimator, with the recipe's
+    ``scale_rewards`` and ``baseline``. With ``baseline: median`` (MC-GRPO) the median sample of
+    each odd group is left out of the update, after the group statistics used it."""
+    prompt_ids, responses, engine, rewards, group_ids = batch.flat()
+    estimator = algos.ADVANTAGE_ESTIMATOR[algo.name]
+    scale = algo.scale_rewards or adv.ESTIMATOR_SCALE[estimator]
+    advantages = adv.estimate(rewards, group_ids, baseline=algo.baseline, scale=scale)
+    keep = list(range(len(responses)))
+    if algo.baseline == "median":
+        pivots = adv.median_pivots(rewards, group_ids).tolist()
+        keep = [i for i in keep if not pivots[i]]
+    return StepSamples(
+        [prompt_ids[i] for i in keep],
+        [responses[i] for i in keep],
+        [engine[i] for i in keep],
+        rewards[keep],
+        [group_ids[i] for i in keep],
+        advantages[keep].to(torch.float32),
+        len(responses) - len(keep),
+    )

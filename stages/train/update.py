@@ -4,7 +4,9 @@
 steps of ``optim.micro_batch`` sequences per forward/backward. With a single optimizer step per
 rollout batch the update's own forward runs on the policy that sampled, so its detached log-probs
 are the old log-probs exactly (ratio 1); more steps need them frozen up front
-(:meth:`Policy.frozen_logprobs`).
+(:meth:`Policy.frozen_logprobs`). With ``algo.entropy_top`` that frozen pass always runs: it
+also gives the token entropies the step's high-entropy threshold is taken over
+(:mod:`stages.train.loss_inputs`).
 
 Distribution: every process takes ``mini[rank::world]`` and runs the same number of
 micro-batches; loss normalisers are the mini-batch's global counts and DDP / FSDP average
@@ -25,23 +27,18 @@ from typing import Any
 import torch
 
 from stages.train import algos, loss_metrics
-from stages.train.config import TrainConfig
 from stages.train.forward import response_logprobs
+from stages.train.loss_inputs import (
+    StepTensors,
+    loss_params,
+    micro_tensors,
+    normalisers,
+    pad,
+    step_tensors,
+)
 from stages.train.policy import Policy
-from stages.train.samples import StepBatch, advantages_for
+from stages.train.samples import StepBatch, step_samples
 from stages.train.schedule import lr_at, step_seed
-
-
-def loss_params(config: TrainConfig) -> dict[str, Any]:
-    """The algorithm's options from the recipe (only those the algorithm accepts)."""
-    algo = config.algo
-    accepted = algos.options(algo.name)
-    wanted: dict[str, Any] = {"alpha": algo.alpha, "beta": algo.beta, "kl_coef": algo.kl_coef}
-    if algo.eps_low is not None:
-        wanted["eps_low"] = algo.eps_low
-    if algo.eps_high is not None:
-        wanted["eps_high"] = algo.eps_high
-    return {k: v for k, v in wanted.items() if k in accepted and not (k == "kl_coef" and not v)}
 
 
 def update(
@@ -59,34 +56,40 @@ def update(
     more than one optimizer step.
     """
     config = policy.config
-    prompt_ids, responses, engine_logprobs, rewards, group_ids = batch.flat()
+    samples = step_samples(config.algo, batch)  # advantages; MC-GRPO leaves medians out
+    prompt_ids, responses, engine_logprobs = (
+        samples.prompt_ids,
+        samples.responses,
+        samples.engine_logprobs,
+    )
     sample_rows = [rows[p] for p in prompt_ids]
-    estimator = algos.ADVANTAGE_ESTIMATOR[config.algo.name]
-    if estimator == "group_norm" and not config.algo.std_normalise:
-        estimator = "mean_only"
-    advantages = advantages_for(estimator, rewards, group_ids)
     params = loss_params(config)
     if config.algo.name == "gpg":
         from stages.train.advantages import gpg_correction
 
-        params["alpha_age"] = gpg_correction(rewards, group_ids).alpha_age
+        params["alpha_age"] = gpg_correction(samples.rewards, samples.group_ids).alpha_age
     timings: dict[str, float] = {}
     started = time.perf_counter()
     if frozen_old is None:
         frozen_old = config.optim.epochs * config.optim.mini_batches > 1
-    old = policy.frozen_logprobs(policy.model, sample_rows, responses) if frozen_old else None
+    entropy = None
+    if config.algo.entropy_top is not None:  # the step's entropies, from the frozen forward
+        old, entropy = policy.frozen_logprobs_and_entropy(policy.model, sample_rows, responses)
+    else:
+        old = policy.frozen_logprobs(policy.model, sample_rows, responses) if frozen_old else None
     fresh: dict[int, torch.Tensor] = {}  # on-policy: the update's own detached log-probs
     ref = (
         None
         if policy.reference is None
         else policy.frozen_logprobs(policy.reference, sample_rows, responses)
     )
+    tensors = step_tensors(config, engine_logprobs, responses, ref, entropy)
     timings["logprobs_s"] = time.perf_counter() - started
     started = time.perf_counter()
     order_rng = random.Random(step_seed(config.trainer.seed, step, "shuffle"))
     collected: list[dict[str, float]] = []  # per micro-batch; see loss_metrics
     grad_norms: list[float] = []
-    inputs = _Inputs(sample_rows, responses, old, ref, advantages, params, fresh)
+    inputs = _Inputs(sample_rows, responses, old, tensors, samples.advantages, params, fresh)
     with policy.training():
         for _ in range(config.optim.epochs):
             order = list(range(len(responses)))
@@ -116,6 +119,8 @@ def update(
     metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     metrics["lr"] = policy.optimizer.param_groups[0]["lr"]
     metrics["processes"] = float(policy.dist.world)
+    if config.algo.baseline == "median":
+        metrics["samples_left_out"] = float(samples.left_out)
     tokens = sum(len(r) for r in responses) * config.optim.epochs
     metrics["trainer_tokens_per_s"] = tokens / max(
         timings["update_s"] + timings["logprobs_s"], 1e-9
@@ -130,7 +135,7 @@ class _Inputs:
     rows: list[dict]  # prompt row of each sample
     responses: list[list[int]]
     old: list[torch.Tensor] | None  # frozen old log-probs, or None: on-policy
-    ref: list[torch.Tensor] | None  # reference log-probs for the KL term
+    tensors: StepTensors  # reference / engine log-probs, the step's entropies (loss_inputs)
     advantages: torch.Tensor
     params: dict[str, Any]  # the loss's options
     fresh: dict[int, torch.Tensor]  # on-policy: filled with the update's own log-probs
@@ -158,14 +163,10 @@ def _optimizer_step(
     config, device = policy.config, policy.dist.device
     world, rank = policy.dist.world, policy.dist.rank
     responses = inputs.responses
-    lengths = [len(responses[i]) for i in mini]
-    normalisers = {
-        "num_seqs": float(len(mini)),
-        "num_tokens": float(max(sum(lengths), 1)),
-        "max_len": float(max(max(lengths), 1)),
+    step_params = {
+        **inputs.params,
+        **normalisers(config.algo.name, mini, responses, inputs.tensors),
     }
-    accepted = algos.options(config.algo.name)
-    step_params = {**inputs.params, **{k: v for k, v in normalisers.items() if k in accepted}}
     per_rank = -(-len(mini) // world)
     local = mini[rank::world]
     padded = local + [None] * (per_rank - len(local))  # None: a masked-off placeholder
@@ -189,23 +190,21 @@ def _optimizer_step(
                     temperature=policy.temperature,
                 )
             width = result.logp.shape[1]
-            extra = {}
-            if inputs.ref is not None:
-                extra["ref_logp"] = _pad([inputs.ref[i] for i in indices], width).to(device)
+            extra = {"entropy": result.entropy}  # the step's entropies under the entropy mask
+            extra.update(micro_tensors(inputs.tensors, indices, width, device))
             if inputs.old is None:  # on-policy: the update's own forward gives the old log-probs
                 old_logp = result.logp.detach()
                 for j, i in enumerate(chunk):
                     if i is not None:
                         inputs.fresh[i] = old_logp[j, : len(responses[i])].float().cpu()
             else:
-                old_logp = _pad([inputs.old[i] for i in indices], width).to(device)
+                old_logp = pad([inputs.old[i] for i in indices], width).to(device)
             loss, metrics = algos.compute_loss(
                 config.algo.name,
                 result.logp,
                 old_logp,
                 inputs.advantages[indices].to(device),
                 result.mask & live[:, None],
-                entropy=result.entropy,
                 **step_params,
                 **extra,
             )
@@ -215,11 +214,4 @@ def _optimizer_step(
     policy.optimizer.step()
     policy.optimizer.zero_grad(set_to_none=True)
     policy.opt_steps += 1
-    return grad_norm
-
-
-def _pad(values: list[torch.Tensor], width: int) -> torch.Tensor:
-    out = torch.zeros(len(values), width)
-    for i, v in enumerate(values):
-        out[i, : len(v)] = v
-    return out
+    return float(grad_norm)

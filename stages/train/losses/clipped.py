@@ -1,7 +1,8 @@
 """The clipped-ratio losses: GRPO, GSPO, DAPO and Dr.GRPO (DESIGN.md §4).
 
 Each states its ratio (token ``w_t`` or sequence ``s_i``), its clip range and its aggregation;
-the clipped surrogate itself is :func:`~stages.train.losses.shared.clipped_objective`.
+the clipped surrogate itself (with the optional dual-clip bound ``clip_ratio_c``) is
+:func:`~stages.train.losses.shared.clipped_objective`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def grpo_loss(
     *,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
+    clip_ratio_c: float | None = None,
     kl_coef: float = 0.0,
     ref_logp: Tensor | None = None,
     entropy: Tensor | None = None,
@@ -52,6 +54,7 @@ def grpo_loss(
             ref_logp=ref_logp,
             kl_coef=kl_coef,
             entropy=entropy,
+            clip_ratio_c=clip_ratio_c,
         )
     )
 
@@ -64,6 +67,7 @@ def gspo_loss(
     *,
     eps_low: float = 3e-4,
     eps_high: float = 4e-4,
+    clip_ratio_c: float | None = None,
     kl_coef: float = 0.0,
     ref_logp: Tensor | None = None,
     entropy: Tensor | None = None,
@@ -86,6 +90,7 @@ def gspo_loss(
             ref_logp=ref_logp,
             kl_coef=kl_coef,
             entropy=entropy,
+            clip_ratio_c=clip_ratio_c,
         )
     )
 
@@ -98,6 +103,7 @@ def dapo_loss(
     *,
     eps_low: float = 0.2,
     eps_high: float = 0.28,
+    clip_ratio_c: float | None = None,
     kl_coef: float = 0.0,
     ref_logp: Tensor | None = None,
     entropy: Tensor | None = None,
@@ -125,6 +131,7 @@ def dapo_loss(
             ref_logp=ref_logp,
             kl_coef=kl_coef,
             entropy=entropy,
+            clip_ratio_c=clip_ratio_c,
         )
     )
 
@@ -137,6 +144,7 @@ def dr_grpo_loss(
     *,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
+    clip_ratio_c: float | None = None,
     kl_coef: float = 0.0,
     ref_logp: Tensor | None = None,
     entropy: Tensor | None = None,
@@ -165,5 +173,6 @@ def dr_grpo_loss(
             ref_logp=ref_logp,
             kl_coef=kl_coef,
             entropy=entropy,
+            clip_ratio_c=clip_ratio_c,
         )
     )
