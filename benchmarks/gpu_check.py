@@ -26,9 +26,24 @@ It prints one JSON line per result (progress goes to stderr):
    recomputation by checkpointing is not counted, as usual for MFU).
 2. ``precision``: the fraction of weights the first update at lr 1e-6 changes (float32 masters),
    and the fraction that would have changed had the weights been stored in bf16, as before.
-3. ``generate``: tokens/s of hf ``generate`` on the bf16 rollout copy of the same model.
-4. ``tiny_recipe``: the built-in tiny recipe trained on the GPU from scratch (``shapes`` colour
+3. ``generate``: tokens/s of the trainer's hf engine on the same model: ``generate`` with the
+   FSDP-sharded policy itself (the lockstep path every process takes; bf16 compute).
+4. ``vllm_*`` (only where vLLM is installed, on a GPU; else one ``vllm`` line saying why not):
+   the trainer's colocated vLLM engine on the same model (dummy weights at start, then the
+   policy's streamed in): ``vllm_device`` (the device its worker runs on, against this process's),
+   ``vllm_weight_sync`` (seconds to stream the FSDP policy's 3.75B parameters into it, one
+   gathered tensor at a time, awake and after a sleep), ``vllm_sleep`` (GiB of GPU memory the
+   sleep frees), ``vllm_generate`` (tokens/s on the ``generate`` check's prompts, and the ratio to
+   the hf engine's).
+5. ``tiny_recipe``: the built-in tiny recipe trained on the GPU from scratch (``shapes`` colour
    level), with its held-out accuracy after the last step.
+
+``--lora`` runs checks 1-3 with LoRA instead (``model.lora.rank`` 64 on every attention and MLP
+projection of the language model, lr 1e-5; needs ``peft``): ``update_lora`` (peak memory against
+the plan, which then counts the bf16 base and the float32 adapters; the MFU counts what LoRA
+computes: no weight gradients for the frozen base, no backward through the frozen vision tower)
+and ``precision_lora`` (the fraction of adapter weights the first update changes, and of base
+weights, which must be 0).
 """
 
 from __future__ import annotations
@@ -138,8 +153,9 @@ def build(dry_run: bool, device: torch.device, image: int) -> tuple[Any, Any]:
     return model.eval(), io
 
 
-def train_config(dry_run: bool, sizes: dict) -> Any:
-    """The 3B recipe as the policy sees it: one on-policy optimizer step, hf rollout copy."""
+def train_config(dry_run: bool, sizes: dict, lora: bool = False) -> Any:
+    """The 3B recipe as the policy sees it: one on-policy optimizer step, hf rollout copy (with
+    ``lora``: rank-64 adapters, rank 4 in a dry run, at lr 1e-5)."""
     from stages.config import apply_overrides, build, load_recipe, parse_override
     from stages.train import TrainConfig
 
@@ -151,6 +167,8 @@ def train_config(dry_run: bool, sizes: dict) -> Any:
         "trainer.require_gpu": "false",
         "trainer.device": "cpu" if dry_run else "cuda",
     }
+    if lora:
+        settings.update({"model.lora.rank": 4 if dry_run else 64, "optim.lr": 1e-5})
     overrides = [parse_override(f"{k}={v}") for k, v in settings.items()]
     return build(TrainConfig, apply_overrides(load_recipe("qwen2_5_vl_3b"), overrides))
 
@@ -176,12 +194,16 @@ def synthetic_batch(io: Any, sizes: dict, width: int, seed: int) -> tuple[Any, d
     return StepBatch(groups), rows
 
 
-def flops(model: Any, batch: Any, rows: dict, io: Any) -> tuple[float, int]:
+def flops(model: Any, batch: Any, rows: dict, io: Any, lora: bool = False) -> tuple[float, int]:
     """Model FLOPs of one forward + backward over ``batch`` (see the module docstring), and the
-    number of tokens (prompt + response) it runs through."""
+    number of tokens (prompt + response) it runs through. Under LoRA the frozen weights get no
+    gradient (4 N T for the dense layers and the lm_head, not 6) and the frozen vision tower runs
+    forward only (2 N T); the adapters themselves are not counted."""
+    weights, vision_runs = (4, 2) if lora else (6, 6)
     text = model.config.text_config
     lm = model.model.language_model
-    dense = sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel()
+    dense = sum(p.numel() for n, p in lm.named_parameters() if ".lora_" not in n)
+    dense -= lm.embed_tokens.weight.numel()
     vision = sum(p.numel() for p in model.model.visual.parameters())
     total, tokens = 0.0, 0
     for group in batch.groups:
@@ -191,9 +213,10 @@ def flops(model: Any, batch: Any, rows: dict, io: Any) -> tuple[float, int]:
         for response in group.response_ids:
             length = prompt + len(response)
             tokens += length
-            total += 6 * dense * length + 6 * text.vocab_size * text.hidden_size * len(response)
+            total += weights * dense * length
+            total += weights * text.vocab_size * text.hidden_size * len(response)
             total += 6 * text.num_hidden_layers * text.hidden_size * length**2
-            total += 6 * vision * patches
+            total += vision_runs * vision * patches
     return total, tokens
 
 
@@ -221,24 +244,30 @@ def changed_fractions(before: dict[str, torch.Tensor], policy: Any) -> tuple[flo
 
 def check_update(args: argparse.Namespace, sizes: dict, device: torch.device) -> None:
     from stages.models.prompt_length import prompt_lengths
-    from stages.rollout import HFEngine
     from stages.train.policy import Policy
     from stages.train.sharding import local
     from stages.train.update import update
 
     log("building the random-weight Qwen2.5-VL-3B-architecture model")
     model, io = build(args.dry_run, device, sizes["image"])
-    config = train_config(args.dry_run, sizes)
+    config = train_config(args.dry_run, sizes, args.lora)
     policy = Policy(config, loaded=(model, io))
     peak = peak_tflops(device, args.peak_tflops)
     log(f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters; first update")
     before = {n: local(p).detach().cpu().clone() for n, p in model.named_parameters()}
     batch, rows = synthetic_batch(io, sizes, sizes["widths"][0], seed=0)
     update(policy, batch, rows, step=0)
-    changed, changed_bf16 = changed_fractions(before, policy)
+    if args.lora:  # the adapters move, the base does not
+        adapters = {n: v for n, v in before.items() if ".lora_" in n}
+        base = {n: v for n, v in before.items() if ".lora_" not in n}
+        emit({"check": "precision_lora", "lr": config.optim.lr,
+              "adapters_changed_fraction": changed_fractions(adapters, policy)[0],
+              "base_changed_fraction": changed_fractions(base, policy)[0]})  # fmt: skip
+    else:
+        changed, changed_bf16 = changed_fractions(before, policy)
+        emit({"check": "precision", "lr": config.optim.lr, "changed_fraction": changed})
+        emit({"check": "precision_if_bf16_weights", "changed_fraction": changed_bf16})
     del before
-    emit({"check": "precision", "lr": config.optim.lr, "changed_fraction": changed})
-    emit({"check": "precision_if_bf16_weights", "changed_fraction": changed_bf16})
     for step, width in enumerate(sizes["widths"], start=1):
         batch, rows = synthetic_batch(io, sizes, width, seed=step)
         if device.type == "cuda":
@@ -249,8 +278,9 @@ def check_update(args: argparse.Namespace, sizes: dict, device: torch.device) ->
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        work, tokens = flops(model, batch, rows, io)
-        record = {"check": "update", "width": width, "sequences": batch.size, "seconds": seconds}
+        work, tokens = flops(model, batch, rows, io, args.lora)
+        name = "update_lora" if args.lora else "update"
+        record = {"check": name, "width": width, "sequences": batch.size, "seconds": seconds}
         record["tokens_per_s"] = tokens / seconds  # prompt + response tokens
         record["response_tokens_per_s"] = metrics["trainer_tokens_per_s"]
         record["mfu"] = work / seconds / (peak * 1e12) if peak else None
@@ -265,8 +295,8 @@ def check_update(args: argparse.Namespace, sizes: dict, device: torch.device) ->
         )
         record["plan_gib"] = plan_gib(config, width, prompt_tokens, total)
         emit(record)
-    log("hf generate on the bf16 rollout copy")
-    engine = HFEngine(policy.rollout_module, io, micro_batch_size=sizes["sequences"])
+    log("hf generate with the FSDP-sharded policy itself (lockstep path, bf16 compute)")
+    engine = policy.hf_engine(sizes["sequences"])
     prompts = list(rows.values())
     started = time.perf_counter()
     samples = engine.generate(prompts, n=sizes["group"], max_new_tokens=sizes["generate_tokens"])
@@ -274,6 +304,60 @@ def check_update(args: argparse.Namespace, sizes: dict, device: torch.device) ->
     tokens = sum(len(s.response_ids) for group in samples for s in group)
     emit({"check": "generate", "sequences": len(prompts) * sizes["group"], "tokens": tokens,
           "tokens_per_s": tokens / seconds})  # fmt: skip
+    check_vllm(policy, io, prompts, sizes, device, hf_tokens_per_s=tokens / seconds)
+
+
+def check_vllm(
+    policy: Any, io: Any, prompts: list, sizes: dict, device: torch.device, hf_tokens_per_s: float
+) -> None:
+    """The vllm rollout engine as ``mgpo train`` runs it, on the same policy (module docstring)."""
+    if device.type != "cuda":
+        emit({"check": "vllm", "skipped": "the vLLM checks need a GPU"})
+        return
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        emit({"check": "vllm", "skipped": "vLLM is not installed"})
+        return
+    from stages.rollout.engine_vllm import VLLMEngine
+
+    folder = Path(tempfile.mkdtemp(prefix="gpu-check-vllm-"))
+    policy.module.config.save_pretrained(folder)  # no weights: vLLM starts on dummy ones
+    io.save_pretrained(folder)
+    free, total = torch.cuda.mem_get_info(device)
+    log(f"vLLM engine in this process ({free / 2**30:.1f} GiB free of {total / 2**30:.1f})")
+    engine = VLLMEngine.create(
+        str(folder),
+        dtype="bfloat16",
+        max_model_len=4096,
+        gpu_memory_utilization=round(free / total - 0.05, 2),
+        colocate_with_trainer=True,
+        load_format="dummy",
+    )
+    where = engine.llm.collective_rpc(lambda worker: str(worker.device))[0]
+    emit(
+        {"check": "vllm_device", "engine": where, "process": f"cuda:{torch.cuda.current_device()}"}
+    )
+    syncs = {}
+    for state in ("awake", "after_sleep"):
+        if state == "after_sleep":
+            before = torch.cuda.mem_get_info(device)[0]
+            engine.sleep()
+            freed = (torch.cuda.mem_get_info(device)[0] - before) / 2**30
+            emit({"check": "vllm_sleep", "freed_gib": freed, "can_sleep": engine.can_sleep})
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        policy.sync_rollout(engine)
+        torch.cuda.synchronize()
+        syncs[state] = time.perf_counter() - started
+    emit({"check": "vllm_weight_sync", **{f"{k}_s": v for k, v in syncs.items()}})
+    started = time.perf_counter()
+    samples = engine.generate(prompts, n=sizes["group"], max_new_tokens=sizes["generate_tokens"])
+    seconds = time.perf_counter() - started
+    tokens = sum(len(s.response_ids) for group in samples for s in group)
+    emit({"check": "vllm_generate", "tokens": tokens, "tokens_per_s": tokens / seconds,
+          "vllm_over_hf": tokens / seconds / hf_tokens_per_s})  # fmt: skip
+    engine.close()
 
 
 def check_tiny_recipe(args: argparse.Namespace, sizes: dict) -> None:
@@ -316,6 +400,7 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's bf16 peak, for the MFU")
     parser.add_argument("--skip-tiny", action="store_true", help="no tiny-recipe training")
+    parser.add_argument("--lora", action="store_true", help="the update checks with LoRA")
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device (use --dry-run to run the toy sizes on a CPU)")

@@ -1,10 +1,14 @@
 """hf rollout throughput: our engine against plain ``model.generate`` in the same run.
 
 The baseline is transformers' own sampling (same batch, same lengths, no log-probs recorded);
-the ratio shows what the engine's sampler and log-prob bookkeeping cost. Also prints how long
-building the tiny model takes.
+the ratio shows what the engine's sampler and log-prob bookkeeping cost. With ``--n`` above 1
+every prompt is sampled ``n`` times (``--batch`` prompts, one micro-batch of ``batch * n``
+sequences) and the engine also runs with ``share_prompts=False``: each prompt prefilled (and its
+images encoded) once per sample, as before the shared prefill. Also prints how long building the
+tiny model takes.
 
     OMP_NUM_THREADS=1 python benchmarks/rollout_hf.py            # tiny model, CPU
+    OMP_NUM_THREADS=1 python benchmarks/rollout_hf.py --n 8 --image-size 112 --max-new-tokens 16
     python benchmarks/rollout_hf.py --model Qwen/Qwen2.5-VL-3B-Instruct --device cuda --batch 32
 """
 
@@ -54,7 +58,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8, help="prompts per generate call")
+    parser.add_argument("--n", type=int, default=1, help="samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=56)
     parser.add_argument("--repeats", type=int, default=3)
@@ -69,14 +74,16 @@ def main() -> None:
                 print(f"tiny model build ({label}): {time.perf_counter() - start:.2f} s")
     model, io = load_policy(model_spec, device=args.device)
     rows = prompt_rows(args.batch, args.image_size)
-    engine = HFEngine(model, io, micro_batch_size=args.batch)
+    size = args.batch * args.n
+    engine = HFEngine(model, io, micro_batch_size=size)
+    unshared = HFEngine(model, io, micro_batch_size=size, share_prompts=False)
 
-    def ours() -> int:
-        groups = engine.generate(rows, max_new_tokens=args.max_new_tokens, seed=0)
+    def sample(with_engine: HFEngine) -> int:
+        groups = with_engine.generate(rows, n=args.n, max_new_tokens=args.max_new_tokens, seed=0)
         return sum(len(s.response_ids) for g in groups for s in g)
 
     def plain() -> int:
-        batch = io.encode(rows).to(engine.device)
+        batch = io.encode([row for row in rows for _ in range(args.n)]).to(engine.device)
         with torch.no_grad():
             out = model.generate(
                 **batch.inputs,
@@ -94,16 +101,28 @@ def main() -> None:
             tokens += ends[0] + 1 if ends else len(row)  # up to the stop, as the engine counts
         return tokens
 
-    results = timed(args.repeats, {"plain": plain, "ours": ours})
-    (base_s, base_tokens), (ours_s, ours_tokens) = results["plain"], results["ours"]
-    base_rate, ours_rate = base_tokens / base_s, ours_tokens / ours_s
+    runs = {"plain": plain, "ours": lambda: sample(engine)}
+    if args.n > 1:
+        runs["unshared"] = lambda: sample(unshared)
+    results = timed(args.repeats, runs)
+    rates = {name: tokens / seconds for name, (seconds, tokens) in results.items()}
     print(
-        f"model {args.model} on {args.device}, batch {args.batch} with images, "
-        f"{args.max_new_tokens} new tokens, torch threads {torch.get_num_threads()}"
+        f"model {args.model} on {args.device}, {args.batch} prompts x {args.n} with "
+        f"{args.image_size}-pixel images, {args.max_new_tokens} new tokens, "
+        f"torch threads {torch.get_num_threads()}"
     )
-    print(f"plain generate : {base_rate:9.0f} tok/s ({base_s * 1000:.0f} ms per batch)")
-    print(f"HFEngine       : {ours_rate:9.0f} tok/s ({ours_s * 1000:.0f} ms per batch)")
-    print(f"ratio engine / plain generate: {ours_rate / base_rate:.2f}")
+    labels = {
+        "plain": "plain generate",
+        "unshared": "HFEngine, a prefill per sample",
+        "ours": "HFEngine" + (", a prefill per prompt" if args.n > 1 else ""),
+    }
+    for name, label in labels.items():
+        if name in results:
+            ms = results[name][0] * 1000
+            print(f"{label:<34}: {rates[name]:9.0f} tok/s ({ms:.0f} ms per batch)")
+    print(f"ratio engine / plain generate: {rates['ours'] / rates['plain']:.2f}")
+    if args.n > 1:
+        print(f"ratio shared / per-sample prefill: {rates['ours'] / rates['unshared']:.2f}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,20 @@ def prompt_rows(count: int, image_size: int) -> list[dict]:
     return rows
 
 
+def vllm_on_this_machine() -> None:
+    """vLLM-on-CPU settings: 1 GiB of KV cache, and without torchvision the test-only shim for
+    vLLM's Qwen2-VL code (in this process, and on ``PYTHONPATH`` for vLLM's own processes)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if importlib.util.find_spec("torchvision") is None:
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(SHIM), os.environ.get("PYTHONPATH")])
+        )
+        spec = importlib.util.spec_from_file_location("_mgpo_vllm_shim", SHIM / "sitecustomize.py")
+        shim = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(shim)
+        shim.install()
+
+
 def timed(repeats: int, runs: dict[str, Callable[[], int]]) -> dict[str, tuple[float, int]]:
     """Median seconds and tokens per run; runs alternate after one warm-up each."""
     for run in runs.values():
@@ -76,15 +90,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    if importlib.util.find_spec("torchvision") is None:  # vLLM's processes import the shim
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(SHIM), os.environ.get("PYTHONPATH")])
-        )
-        spec = importlib.util.spec_from_file_location("_mgpo_vllm_shim", SHIM / "sitecustomize.py")
-        shim = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(shim)
-        shim.install()
+    vllm_on_this_machine()
 
     from stages.models.loading import load_policy
     from stages.models.tiny import build_tiny_model

@@ -3,7 +3,10 @@
 1. ``throughput``: update tokens/s of ``mgpo train`` on the tiny recipe with one process, two DDP
    processes and two FSDP2 processes (gloo, CPU). Each run trains ``--steps`` steps of
    ``8 prompts x 8 samples`` with responses of up to 16 tokens; the figure is trained tokens over
-   the update time of the steps after the first (which pays one-off costs).
+   the update time of the steps after the first (which pays one-off costs). Then the step time
+   split into its phases (median seconds over the same steps): every process rolls out and scores
+   its half of the prompts (under FSDP2 the hf engines generate in lockstep), so the rollout
+   column compares 2 processes with 1.
 2. ``memory``: peak host memory of one forward + backward of the teacher-forced log-probs, through
    hidden states and the chunked ``lm_head`` (the trainer's path) against full-vocabulary logits
    then the chunked log-softmax (the path before). Each variant runs in its own process, on a
@@ -39,7 +42,7 @@ VOWEL = (
 
 # 8 prompts x 8 samples, responses of up to 16 tokens, 8 sequences per forward/backward
 SETTINGS = ["data.val=null", "rollout.batch_prompts=8", "rollout.n=8", "rollout.max_new_tokens=16"]
-SETTINGS += ["optim.micro_batch=8", "trainer.save_every=0"]
+SETTINGS += ["optim.micro_batch=8", "trainer.save_every=0", "rollout.micro_batch=8"]
 
 
 def mgpo(*args: str) -> list[str]:
@@ -54,9 +57,20 @@ def launch(processes: int, args: list[str]) -> list[str]:
     return [sys.executable, *start, *args]
 
 
+PHASES = ("rollout_s", "score_s", "logprobs_s", "update_s", "weight_sync_s", "step_time_s")
+
+
+def later_steps(run: Path) -> list[dict]:
+    """Metrics of every step after the first (which pays one-off costs)."""
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]
+
+
 def update_tokens_per_s(run: Path) -> float:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][1:]
-    return statistics.median(r["tokens"] / r["update_s"] for r in rows)
+    return statistics.median(r["tokens"] / r["update_s"] for r in later_steps(run))
+
+
+def phases(run: Path) -> dict[str, float]:
+    return {key: statistics.median(r.get(key, 0.0) for r in later_steps(run)) for key in PHASES}
 
 
 def throughput(steps: int) -> None:
@@ -73,7 +87,7 @@ def throughput(steps: int) -> None:
         settings = SETTINGS + [f"score.reward={root / 'vowel.py'}:vowel"]
         base = ["train", "--recipe", "tiny", "--data", str(root / "data"), "--steps", str(steps)]
         base += [arg for setting in settings for arg in ("--set", setting)]
-        results = {}
+        results, split = {}, {}
         for name, processes, strategy in (
             ("1 process", 1, "ddp"),
             ("2 processes, DDP", 2, "ddp"),
@@ -83,9 +97,17 @@ def throughput(steps: int) -> None:
             args = [*base, "--set", f"trainer.strategy={strategy}", "--run-dir", str(run)]
             subprocess.run(launch(processes, args), env=env, check=True, capture_output=True)
             results[name] = update_tokens_per_s(run)
+            split[name] = phases(run)
     baseline = results["1 process"]
     for name, value in results.items():
         print(f"{name:20s} {value:10.1f} update tokens/s   x{value / baseline:.2f}")
+    print(f"\nseconds per step (median of steps 2-{steps}):")
+    print(f"{'':20s} " + " ".join(f"{key.removesuffix('_s'):>11s}" for key in PHASES))
+    for name, values in split.items():
+        print(f"{name:20s} " + " ".join(f"{values[key]:11.3f}" for key in PHASES))
+    one = split["1 process"]["rollout_s"]
+    for name, values in split.items():
+        print(f"rollout {name:20s} x{values['rollout_s'] / one:.2f} of 1 process")
 
 
 def _rss_bytes() -> int:

@@ -2,7 +2,9 @@
 
 Prepares the built-in ``shapes`` train split in a temporary folder, runs
 ``mgpo train --recipe tiny --algo grpo`` for ``--steps`` steps per setting (no validation, no
-checkpoint until the end), and reads the run's ``metrics.jsonl``. Step 1 (warm-up: first
+checkpoint until the end), and reads the run's ``metrics.jsonl``. ``--recipe smollm2_arithmetic
+--model DIR`` runs SmolLM2-135M on the built-in ``arithmetic`` task instead (the recipe's own
+algorithm unless ``--algo`` says otherwise). Step 1 (warm-up: first
 forward passes, score worker start) is left out; the table shows median seconds per phase, each
 phase's share of the median step time, and what is left over (step time minus the four phases:
 data order, reading shards back, advantages, metrics).
@@ -10,6 +12,8 @@ data order, reading shards back, advantages, metrics).
     OMP_NUM_THREADS=1 python benchmarks/train_step.py
     OMP_NUM_THREADS=1 python benchmarks/train_step.py --steps 8 \\
         --settings n=16,max_new_tokens=1 --settings n=8,max_new_tokens=32
+    OMP_NUM_THREADS=1 python benchmarks/train_step.py --recipe smollm2_arithmetic \\
+        --model models/smollm2-135m-instruct --steps 4 --settings n=8
 
 A setting is comma-separated ``key=value``: ``n``, ``max_new_tokens``, ``prompts`` (rollout
 batch) or any recipe key (``optim.micro_batch=64``). ``trainer_tokens_per_s`` counts response
@@ -38,6 +42,7 @@ ALIASES = {
 # No validation, no checkpoints inside the timed steps (the final save comes after the last one).
 QUIET = {"trainer.val_every": "0", "trainer.save_every": "0", "data.val": "null"}
 DEFAULT_SETTINGS = ("n=16,max_new_tokens=1", "n=16,max_new_tokens=16")
+DATASETS = {"tiny": "shapes", "smollm2_arithmetic": "arithmetic"}  # each recipe's training task
 
 
 def child_env() -> dict[str, str]:
@@ -64,9 +69,9 @@ def mgpo(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def prepare_shapes(folder: Path, split: str = "train") -> Path:
+def prepare_shapes(folder: Path, split: str = "train", dataset: str = "shapes") -> Path:
     out = folder / split
-    mgpo("prepare", "shapes", "--split", split, "--out", str(out))
+    mgpo("prepare", dataset, "--split", split, "--out", str(out))
     return out
 
 
@@ -82,11 +87,17 @@ def parse_setting(text: str) -> dict[str, str]:
 
 
 def run_ours(
-    data: Path, run_dir: Path, steps: int, overrides: dict[str, str], algo: str = "grpo"
+    data: Path,
+    run_dir: Path,
+    steps: int,
+    overrides: dict[str, str],
+    algo: str | None = "grpo",
+    recipe: str = "tiny",
 ) -> tuple[list[dict], float]:
-    """Train ``steps`` steps with the tiny recipe; the metrics rows and the command's wall time."""
+    """Train ``steps`` steps with ``recipe``; the metrics rows and the command's wall time."""
     sets = [f"{k}={v}" for k, v in {**QUIET, **overrides}.items()]
-    args = ["train", "--recipe", "tiny", "--algo", algo, "--data", str(data)]
+    args = ["train", "--recipe", recipe, "--data", str(data)]
+    args += ["--algo", algo] if algo else []
     args += ["--run-dir", str(run_dir), "--steps", str(steps), "--overwrite"]
     for item in sets:
         args += ["--set", item]
@@ -130,7 +141,9 @@ def print_breakdown(title: str, b: dict[str, float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="training steps per setting")
-    parser.add_argument("--algo", default="grpo")
+    parser.add_argument("--algo", help="default: grpo with the tiny recipe, else the recipe's")
+    parser.add_argument("--recipe", default="tiny", choices=sorted(DATASETS))
+    parser.add_argument("--model", help="model.name (e.g. the SmolLM2 folder)")
     parser.add_argument(
         "--settings",
         action="append",
@@ -144,14 +157,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mgpo-bench-") as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        data = prepare_shapes(folder)
+        data = prepare_shapes(folder, dataset=DATASETS[args.recipe])
+        algo = args.algo or ("grpo" if args.recipe == "tiny" else None)
         print(
-            f"mgpo train --recipe tiny --algo {args.algo}, {args.steps} steps per setting, "
-            f"OMP_NUM_THREADS={child_env()['OMP_NUM_THREADS']}"
+            f"mgpo train --recipe {args.recipe} --algo {algo or '(recipe)'}, {args.steps} steps "
+            f"per setting, OMP_NUM_THREADS={child_env()['OMP_NUM_THREADS']}"
         )
         for k, text in enumerate(settings):
             overrides = parse_setting(text)
-            rows, wall = run_ours(data, folder / f"run-{k}", args.steps, overrides, args.algo)
+            if args.model:
+                overrides["model.name"] = args.model
+            run = folder / f"run-{k}"
+            rows, wall = run_ours(data, run, args.steps, overrides, algo, args.recipe)
             print_breakdown(f"setting {text}  (command wall time {wall:.1f} s)", breakdown(rows))
 
 

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from stages import __version__
 from stages.errors import MgpoError
 from stages.images import prompt_row as prompt_row  # readers of prompt shards import it here
+from stages.processes import SINGLE, Processes
 from stages.schemas import KINDS, SCHEMA_VERSION, check_columns, with_hf_features
 
 MANIFEST = "manifest.json"
@@ -83,6 +84,13 @@ class ShardWriter:
     resumed run can skip it). On a clean exit the manifest is written and the staging directory
     renamed onto ``out_dir``. On an exception the staging directory is removed, unless
     ``keep_partial`` is set (rollouts keep their finished parts for ``resume``).
+
+    Several processes (``processes``, see :mod:`stages.processes`) build one set together: every
+    process opens the writer (the main process prepares the staging directory first), writes the
+    parts it owns by index (``write_part(rows, index=j)``: ``part-0000j.parquet``, so the set
+    does not depend on which process wrote what), and closes it; the main process seals the set
+    once all have reached ``close``. Each part is renamed into place whole, so a resumed run can
+    skip every part it finds (``has_part``).
     """
 
     def __init__(
@@ -96,6 +104,7 @@ class ShardWriter:
         overwrite: bool = False,
         resume: bool = False,
         keep_partial: bool = False,
+        processes: Processes = SINGLE,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown shard kind {kind!r}")
@@ -108,25 +117,33 @@ class ShardWriter:
         self.keep_partial = keep_partial
         self.staging = staging_dir(self.out_dir)
         self._buffer: list[dict[str, Any]] = []
-        check_target(self.out_dir, overwrite=overwrite)
-        # A staged set is only resumed by the same producer settings; anything else starts over.
-        staged_by = self.staging / "producer.json"
-        if self.staging.exists() and not (
-            resume and _read_json(staged_by) == json.loads(json.dumps(producer, default=str))
-        ):
-            shutil.rmtree(self.staging)
+        self.processes = processes
+        check_target(self.out_dir, overwrite=overwrite)  # every process: each fails alike
         # Parent folders this writer creates (e.g. data/NAME for data/NAME/SPLIT) go again on abort.
         self._created = [p for p in self.staging.parents if not p.exists()]
-        self.staging.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(staged_by, producer)
+        if processes.is_main:  # the others join the staging directory once it is ready
+            # A staged set is only resumed by the same producer settings; anything else starts
+            # over.
+            staged_by = self.staging / "producer.json"
+            if self.staging.exists() and not (
+                resume and _read_json(staged_by) == json.loads(json.dumps(producer, default=str))
+            ):
+                shutil.rmtree(self.staging)
+            self.staging.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(staged_by, producer)
+            for stale in self.staging.glob("*.tmp"):
+                stale.unlink()
+        processes.barrier()
         self._parts = sorted(self.staging.glob("part-*.parquet"))
-        for stale in self.staging.glob("*.tmp"):
-            stale.unlink()
 
     # The staged parts a resumed writer starts from.
     def existing_rows(self, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
         for part in self._parts:
             yield from read_part(part, list(columns)).to_pylist()
+
+    def has_part(self, index: int) -> bool:
+        """Whether part ``index`` is staged already (written whole, by any process)."""
+        return (self.staging / PART_PATTERN.format(index)).is_file()
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
@@ -139,10 +156,11 @@ class ShardWriter:
             rows, self._buffer = self._buffer, []
             self.write_part(rows)
 
-    def write_part(self, rows: Sequence[dict[str, Any]]) -> Path:
-        """Write ``rows`` as the next part (temporary name, then rename)."""
+    def write_part(self, rows: Sequence[dict[str, Any]], index: int | None = None) -> Path:
+        """Write ``rows`` as part ``index`` (default: the next one) under a temporary name, then
+        rename it into place."""
         table = pa.Table.from_pylist([_normalise_row(r) for r in rows], schema=self.schema)
-        path = self.staging / PART_PATTERN.format(len(self._parts))
+        path = self.staging / PART_PATTERN.format(len(self._parts) if index is None else index)
         tmp = path.with_name(path.name + ".tmp")
         pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
         os.replace(tmp, path)
@@ -150,8 +168,17 @@ class ShardWriter:
         return path
 
     def close(self) -> Path:
-        """Write the manifest and move the finished set into place."""
+        """Write the manifest and move the finished set into place (the main process, once every
+        process has written its parts)."""
         self.flush()
+        self.processes.barrier()
+        if self.processes.is_main:
+            self._seal()
+        self.processes.barrier()
+        return self.out_dir
+
+    def _seal(self) -> None:
+        self._parts = sorted(self.staging.glob("part-*.parquet"))  # every process's
         if not self._parts:  # an empty set still has one (empty) part, so its schema is readable
             self.write_part([])
         parts = [
@@ -163,7 +190,7 @@ class ShardWriter:
             "schema_version": SCHEMA_VERSION,
             "kind": self.kind,
             "rows": sum(p["rows"] for p in parts),
-            "columns": [f.name for f in self.schema],
+            "columns": pq.read_schema(self._parts[0]).names,
             "parts": parts,
             "content_sha256": content,
             "producer": self.producer,
@@ -181,10 +208,9 @@ class ShardWriter:
         else:
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.staging, self.out_dir)
-        return self.out_dir
 
     def abort(self) -> None:
-        if not self.keep_partial:
+        if not self.keep_partial and self.processes.is_main:
             shutil.rmtree(self.staging, ignore_errors=True)
             for folder in self._created:  # innermost first; only while still empty
                 try:

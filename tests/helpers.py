@@ -9,6 +9,7 @@ problem with ``data.json`` and ``img_diagram.png``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import json
 import os
@@ -164,6 +165,59 @@ def run_cli(
     """Run ``mgpo ARGS`` in a fresh interpreter, capturing text output (``env``: extra variables)."""
     return subprocess.run(
         cli_command(*args),
+        cwd=cwd,
+        env=cli_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def launch_command(
+    processes: int, args: Sequence[str | os.PathLike], launcher: str = "accelerate"
+) -> list[str]:
+    """The command line starting ``mgpo ARGS`` on ``processes`` CPU processes (gloo).
+
+    ``accelerate launch --multi_gpu`` is how accelerate starts several processes on a machine
+    without GPUs (``--cpu --num_processes 2`` would start one, and so prove nothing);
+    ``torchrun`` is the other supported launcher."""
+    if processes == 1:
+        return cli_command(*args)
+    if launcher == "torchrun":
+        start = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "-m"]
+    else:
+        start = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1"]
+        start += ["--num_processes", str(processes), "--mixed_precision", "no"]
+        start += ["--dynamo_backend", "no", "-m"]
+    return [sys.executable, *start, "mgpo_cli", *map(str, args)]
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL a launched job: the launcher and every worker. (torchrun's agent starts each
+    worker in a session of its own, so killing the launcher's process group leaves them
+    running to the end.)"""
+    import psutil
+
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for victim in [*children, psutil.Process(process.pid)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.kill()
+    process.wait()
+
+
+def launch_cli(
+    processes: int,
+    *args: str | os.PathLike,
+    cwd: str | os.PathLike | None = None,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``mgpo ARGS`` as ``processes`` processes under ``accelerate launch``."""
+    return subprocess.run(
+        launch_command(processes, args),
         cwd=cwd,
         env=cli_env(**(env or {})),
         capture_output=True,

@@ -119,14 +119,16 @@ def test_bad_input():
         adv.gpg_correction([1.0], [0], threshold=1.5)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    data=st.lists(
-        st.tuples(st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]), st.integers(0, 5)),
-        min_size=1,
-        max_size=30,
-    )
+# (reward, group id) pairs: the property tests' batches of grouped rewards
+REWARDS_BY_GROUP = st.lists(
+    st.tuples(st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]), st.integers(0, 5)),
+    min_size=1,
+    max_size=30,
 )
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=REWARDS_BY_GROUP)
 def test_property_matches_loops(data):
     rewards = [r for r, _ in data]
     ids = [g for _, g in data]
@@ -235,11 +237,7 @@ def test_mc_grpo_is_robust_to_one_outlier():
 
 @settings(max_examples=60, deadline=None)
 @given(
-    data=st.lists(
-        st.tuples(st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]), st.integers(0, 5)),
-        min_size=1,
-        max_size=30,
-    ),
+    data=REWARDS_BY_GROUP,
     scale=st.sampled_from(["group", "batch", "none"]),
 )
 def test_property_scaling_and_median_match_loops(data, scale):

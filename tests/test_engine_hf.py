@@ -72,6 +72,22 @@ def test_same_seed_same_samples_and_global_rng_untouched(tiny_policy):
     assert len({tuple(i) for i in ids}) == 3  # the n samples of one prompt differ
 
 
+def test_a_prompts_samples_depend_on_seed_prompt_and_sample_index_only(tiny_policy):
+    """Each sample draws from its own stream: the micro-batch size, the other prompts of the
+    call and their order (another process's slice) change nothing but float noise."""
+    model, io = tiny_policy
+    kwargs = {"n": 3, "temperature": 1.0, "max_new_tokens": 10, "seed": 11}
+    whole = HFEngine(model, io, micro_batch_size=4).generate(ROWS, **kwargs)
+    by_id = {row["id"]: samples for row, samples in zip(ROWS, whole, strict=True)}
+    for size, rows in ((1, ROWS), (9, ROWS[::-1]), (2, ROWS[1:2])):
+        again = HFEngine(model, io, micro_batch_size=size).generate(rows, **kwargs)
+        for row, samples in zip(rows, again, strict=True):
+            want = by_id[row["id"]]
+            assert [s.response_ids for s in samples] == [s.response_ids for s in want]
+            for got, expected in zip(samples, want, strict=True):
+                assert got.logprobs == pytest.approx(expected.logprobs, abs=1e-5)
+
+
 def test_greedy_takes_the_best_allowed_token(tiny_policy):
     model, io = tiny_policy
     engine = HFEngine(model, io)
@@ -106,7 +122,7 @@ def test_stop_token_ends_a_sample_and_is_kept(tiny_policy):
 def test_vision_tokens_are_never_sampled(tiny_policy):
     """A random model does sample <|image_pad|> & co; the next forward would then fail."""
     model, io = tiny_policy
-    kwargs = {"n": 8, "temperature": 3.0, "max_new_tokens": 48, "seed": 5}
+    kwargs = {"n": 8, "temperature": 3.0, "max_new_tokens": 48, "seed": 7}
     banned = set(io.banned_token_ids)
     free = dataclasses.replace(io, banned_token_ids=[])
     unbanned = HFEngine(model, free, micro_batch_size=8).generate(ROWS[:1], **kwargs)[0]
@@ -222,3 +238,53 @@ def test_nucleus_filter_matches_the_plain_definition(top_p):
         kept = out > -math.inf
         assert torch.equal(out[kept], row[kept])
     assert torch.equal(nucleus_filter(scores, 1.0), scores)
+
+
+def _vision_images_seen(model) -> list[int]:
+    """A counter of the images the vision tower encodes (one entry per call)."""
+    seen: list[int] = []
+    model.model.visual.register_forward_hook(
+        lambda module, args, kwargs, out: seen.append(len(kwargs["grid_thw"])), with_kwargs=True
+    )
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("kind", "micro_batch", "temperature", "top_p"),
+    [("tiny", 9, 1.0, 1.0), ("tiny", 4, 0.7, 0.9), ("tiny-text", 5, 1.0, 1.0)],
+    ids=["vision-one-batch", "vision-straddling", "text-model"],
+)
+def test_shared_prompt_prefill_gives_the_same_samples_and_logprobs(
+    tiny_model_dir, kind, micro_batch, temperature, top_p
+):
+    """Each prompt prefilled (and its images encoded) once per micro-batch, not once per sample:
+    the samples and behaviour log-probs are those of the per-sample engine for the same seed."""
+    model, io = load_policy(kind)
+    rows = ROWS if kind == "tiny" else [ROWS[1], {"id": "d", "prompt": "Count.", "images": []}]
+    kwargs = {"n": 3, "temperature": temperature, "top_p": top_p, "max_new_tokens": 10, "seed": 9}
+    seen = _vision_images_seen(model) if kind == "tiny" else []
+    plain = HFEngine(model, io, micro_batch_size=micro_batch, share_prompts=False)
+    want = plain.generate(rows, **kwargs)
+    images_plain = sum(seen)
+    seen.clear()
+    got = HFEngine(model, io, micro_batch_size=micro_batch).generate(rows, **kwargs)
+    for want_group, got_group in zip(want, got, strict=True):
+        assert [s.response_ids for s in got_group] == [s.response_ids for s in want_group]
+        assert [s.finish_reason for s in got_group] == [s.finish_reason for s in want_group]
+        for a, b in zip(got_group, want_group, strict=True):
+            assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-5
+    if kind == "tiny" and micro_batch == 9:  # all 9 samples in one micro-batch
+        assert images_plain == 3 * 3 and sum(seen) == 3  # images of a (1) and c (2), once each
+        assert model.model.rope_deltas is None  # generate's M-RoPE offsets do not leak out
+    assert_logprobs_match(model, io, rows, got, temperature)
+
+
+def test_one_token_prompts_and_single_samples_take_the_plain_path(tiny_model_dir):
+    model, io = load_policy("tiny-text")
+    one = io.tokenizer.convert_ids_to_tokens([40])[0]
+    rows = [{"id": "x", "prompt": one, "images": []}]
+    io = dataclasses.replace(io, chat_template=None)  # a base model: the prompt text as it is
+    assert len(io.encode(rows).inputs["input_ids"][0]) == 1
+    kwargs = {"n": 3, "max_new_tokens": 5, "seed": 1}
+    shared = HFEngine(model, io).generate(rows, **kwargs)
+    assert shared == HFEngine(model, io, share_prompts=False).generate(rows, **kwargs)

@@ -26,7 +26,7 @@ from eval_fixtures import (
     write_mathvista,
     write_wemath,
 )
-from helpers import assert_user_error, run_cli, run_main
+from helpers import assert_user_error, launch_cli, run_cli, run_main
 from stages.eval import SUITE, get_benchmark, read_summary
 from stages.eval.run import PREDICTIONS
 from stages.score.short_answer import short_answer_reward
@@ -240,6 +240,32 @@ def test_shapes_rescoring_reuse_and_changed_settings(tiny_model_dir, tmp_path):
     changed = run_main(*args, "--max-new-tokens", "5")
     assert_user_error(changed, "other settings", "max_new_tokens: 4 -> 5", "--overwrite")
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_results(tiny_model_dir, tmp_path):
+    """``accelerate launch --num_processes 2 mgpo eval``: each process generates and scores its
+    share of the items; the folder holds one rollout set, one prediction set and the summary of
+    the one-process run (sampled, so the samples must not depend on the process count)."""
+    args = ("eval", "shapes", "--model", "tiny", *FAST[2:], "--limit", "6")
+    args += ("--temperature", "1.0", "-n", "2")
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = run_cli(*args, "--out", one)
+    assert single.returncode == 0, single.stderr[-3000:]
+    launched = launch_cli(2, *args, "--out", two)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout == single.stdout  # one results table, from the main process
+    folders = [out / "tiny" / "shapes" / "test" for out in (one, two)]
+    summaries = [read_summary(folder / "summary.json") for folder in folders]
+    assert summaries[0] == summaries[1] and summaries[0]["total"] == 12
+    keyed = [{(r["prompt_id"], r["sample"]): r for r in _predictions(folder)} for folder in folders]
+    assert keyed[0].keys() == keyed[1].keys()
+    for key, row in keyed[0].items():
+        other = keyed[1][key]
+        assert row["response_ids"] == other["response_ids"] and row["correct"] == other["correct"]
+        assert row["logprobs"] == pytest.approx(other["logprobs"], abs=1e-5)
+    parts = sorted(p.name for p in (folders[1] / "rollouts").glob("part-*"))
+    assert parts == ["part-00000.parquet", "part-00001.parquet"]  # 3 items per process
 
 
 def _broken_model(tiny_model_dir: Path, folder: Path) -> Path:

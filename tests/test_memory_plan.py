@@ -17,7 +17,8 @@ from stages.config import apply_overrides, build, load_recipe, parse_override
 from stages.errors import MgpoError
 from stages.models.architecture import architecture
 from stages.train import TrainConfig, human_bytes, plan_memory
-from stages.train.memory_plan import GIB, check_fits, layer_bytes
+from stages.train.memory_plan import GIB, layer_bytes
+from stages.train.plan_fit import check_fits
 
 GB80 = 80 * GIB
 
@@ -159,16 +160,24 @@ def test_checkpointing_and_micro_batch_move_the_activations() -> None:
     assert half.by_name["activations (with checkpointing)"] * 2 == on_bytes
 
 
-def test_the_vllm_reservation_is_held_next_to_the_update() -> None:
-    """The engine does not sleep during the update yet, so its reservation adds to it."""
+def test_the_sleeping_vllm_engine_counts_in_the_rollout_only() -> None:
+    """The engine sleeps during the update: its share is not added to the update's memory, and
+    ``auto`` gives it what the held items leave of the GPU (rounded down to 0.01)."""
     config = _config("qwen2_5_vl_3b")
+    assert config.rollout.gpu_memory_utilization == "auto"
     plan = plan_memory(config, processes=8, gpu_bytes=GB80)
     engine = next(item for item in plan.items if item.name.startswith("rollout engine"))
-    assert engine.bytes == int(0.6 * GB80) and engine.phases == ("always",)
-    assert plan.total == plan.phase_bytes("always") + plan.phase_bytes("update")
+    held = plan.phase_bytes("always")
+    share = math.floor(100 * (GB80 - held) / GB80) / 100
+    assert engine.bytes == int(share * GB80) and engine.phases == ("rollout",)
+    assert held + engine.bytes <= GB80 < held + engine.bytes + 0.01 * GB80
+    assert plan.total == held + max(plan.phase_bytes("update"), engine.bytes)
+    fixed = plan_memory(
+        _config("qwen2_5_vl_3b", "rollout.gpu_memory_utilization=0.4"), processes=8, gpu_bytes=GB80
+    )
+    assert fixed.by_name["rollout engine (vllm, 0.4 of the GPU)"] == int(0.4 * GB80)
     hf = plan_memory(_config("qwen2_5_vl_3b", "rollout.backend=hf"), processes=8, gpu_bytes=GB80)
     assert not any(item.name.startswith("rollout engine") for item in hf.items)
-    assert hf.total < plan.total
 
 
 # -- the activation estimate against what autograd saves -----------------------------------------
@@ -268,9 +277,11 @@ def test_plan_prints_the_paper_recipe_on_a_cpu_machine() -> None:
 
 
 def test_plan_for_other_hardware_says_it_does_not_fit(tiny_model_dir: Path) -> None:
-    result = run_main("train", "--recipe", "qwen2_5_vl_3b", "--plan", "--gpus", "1")
+    result = run_main(
+        "train", "--recipe", "qwen2_5_vl_3b", "--plan", "--gpus", "1", "--gpu-memory", "40"
+    )
     assert result.returncode == 0
-    assert "fsdp on 1 GPU of 80.00 GiB" in result.stdout
+    assert "fsdp on 1 GPU of 40.00 GiB" in result.stdout
     assert "does NOT fit" in result.stdout and "--gpus / --gpu-memory" in result.stdout
     tiny = run_main("train", "--recipe", "tiny", "--plan", "--gpu-memory", "24")
     assert tiny.returncode == 0 and "ddp on 1 GPU of 24.00 GiB" in tiny.stdout

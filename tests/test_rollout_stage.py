@@ -20,7 +20,16 @@ from typing import Any
 import pytest
 import torch
 
-from helpers import assert_nothing_left, assert_user_error, cli_command, cli_env, run_main
+from helpers import (
+    assert_nothing_left,
+    assert_user_error,
+    cli_command,
+    cli_env,
+    kill_tree,
+    launch_cli,
+    launch_command,
+    run_main,
+)
 from stages.schemas import ROLLOUTS
 from stages.shards import open_shards, prompt_row, staging_dir, write_shards
 
@@ -264,6 +273,41 @@ def test_killed_rollout_resumes_to_the_uninterrupted_rows(root, prompts) -> None
     )
     fresh_equals_staged("other-content")
     assert keyed(rows_of(root / "other-content")) != keyed(rows_of(whole))
+
+
+@pytest.mark.slow
+def test_two_processes_killed_mid_rollout_resume_to_the_one_process_rows(root, prompts) -> None:
+    """``accelerate launch --num_processes 2 mgpo rollout``, killed (-9, launcher and workers)
+    with some parts staged, then rerun: the same rows as one process makes, each once. The
+    parts do not depend on which process wrote them (part ``j`` is batch ``j``)."""
+    extra = ("--limit", "8", "--batch-prompts", "1", "--micro-batch", "1", "--max-new-tokens", "8")
+    one, killed = root / "mp-one", root / "mp-killed"
+    assert_ok(run_main(*rollout_args(prompts, one, *extra)))
+    process = subprocess.Popen(
+        launch_command(2, rollout_args(prompts, killed, *extra)),
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    staging = staging_dir(killed)
+    try:
+        for part in ("part-00000.parquet", "part-00001.parquet"):  # one of each process
+            _wait_for(staging / part, process)
+    finally:
+        kill_tree(process)
+    staged = sorted(p.name for p in staging.glob("part-*.parquet"))
+    assert 2 <= len(staged) < 8 and not killed.exists(), staged
+    rerun = launch_cli(2, *rollout_args(prompts, killed, *extra))
+    assert_ok(rerun)
+    assert "already done" in rerun.stderr  # the main process reports its own share
+    resumed, straight = keyed(rows_of(killed)), keyed(rows_of(one))
+    assert resumed.keys() == straight.keys() and len(resumed) == 8 * N
+    for key, row in resumed.items():
+        assert row["response_ids"] == straight[key]["response_ids"], key
+        assert row["logprobs"] == pytest.approx(straight[key]["logprobs"], abs=1e-5), key
+    assert [p["file"] for p in open_shards(killed).manifest["parts"]] == [
+        f"part-{j:05d}.parquet" for j in range(8)
+    ]
 
 
 # --------------------------------------------------------------------------------- bad input

@@ -741,3 +741,51 @@ def test_score_pool_keeps_its_workers_between_calls_and_recovers_after_an_error(
 
 def test_summarize_empty():
     assert summarize([]) == {"items": 0, "timed_out": 0, "non_finite": 0}
+
+
+# --- rewards that cannot hang: scored in the calling process -----------------------------------
+
+
+def test_bounded_rewards_score_in_process_with_the_rows_workers_give(tmp_path, hang_guard):
+    """``short_answer`` and ``last_number`` start no worker and give, row for row, what the same
+    functions give through the worker pool (called as a custom ``FILE.py:FN``)."""
+    from stages.score import last_number, short_answer
+
+    items = [
+        _item("a", 0, "red.", "red", choices=["red", "blue"]),
+        _item("a", 1, "\\boxed{blue}", "red", choices=["red", "blue"]),
+        _item("b", 0, "9 + 7 = 16", "16"),
+        _item("b", 1, "\\boxed{ 16 }", "16"),
+        _item("c", 0, "", "3"),
+    ]
+    for name, module, fn in (
+        ("short_answer", short_answer, "short_answer_reward"),
+        ("last_number", last_number, "last_number_reward"),
+    ):
+        pool = ScorePool(name, workers=2, options={"format_weight": 0.2})
+        before = set(mp.active_children())
+        rows = list(pool.score(items))
+        assert pool._pool is None and set(mp.active_children()) == before  # no worker started
+        custom = f"{module.__file__}:{fn}"
+        assert rows == list(score_items(items, custom, options={"format_weight": 0.2}))
+    bad = {**_item("x", 0, "1", "1"), "response": None}
+    with pytest.raises(MgpoError, match="score item 0 .prompt_id='x' sample=0.: 'response' is"):
+        list(score_items([bad], "last_number"))
+
+
+@pytest.mark.parametrize("reward", ["short_answer", "last_number"])
+def test_bounded_rewards_read_degenerate_responses_in_linear_time(reward, hang_guard):
+    """What keeps them out of the workers: no input makes them slow. ``last_number`` once took
+    19 s on a boxed run of 2,000 spaces without a closing brace (cubic backtracking)."""
+    started = time.perf_counter()
+    for text in (
+        "\\boxed{" + " " * 100_000 + "x",
+        "\\boxed{" + " " * 100_000,
+        "\\boxed " * 20_000,
+        "<think>" + "</think>\\boxed{" * 20_000,
+        "-" * 100_000 + "1" * 100_000,
+        " 3." * 50_000,
+    ):
+        (row,) = score_items([_item("p", 0, text, "3")], reward)
+        assert not row["timed_out"]
+    assert time.perf_counter() - started < GUARD_S

@@ -55,6 +55,7 @@ TIMING_KEYS = {
     "update_s",
     "step_time_s",
     "trainer_tokens_per_s",
+    "weight_sync_s",
 }
 
 

@@ -95,8 +95,9 @@ def test_every_loss_and_option_trains_and_the_entropy_threshold_is_step_wide(
         assert metrics["moved"], config.algo
         assert all(v == v and abs(v) != float("inf") for v in metrics.values() if v is not True)
     mask_one, mask_many = results[len(algos.ALGORITHMS)], results[len(algos.ALGORITHMS) + 1]
-    # the same threshold and kept tokens whatever the micro-batch split (one step-wide pass)
-    assert mask_one["entropy_threshold"] == mask_many["entropy_threshold"]
+    # the same threshold and kept tokens whatever the micro-batch split (one step-wide pass); the
+    # entropies themselves come from forwards of other batch shapes, equal to float32 rounding
+    assert mask_one["entropy_threshold"] == pytest.approx(mask_many["entropy_threshold"], rel=1e-6)
     assert mask_one["tokens"] == mask_many["tokens"] < mask_one["tokens_valid"]
     assert mask_one["loss"] == pytest.approx(mask_many["loss"], rel=1e-5)
     assert mask_one["entropy_kept_frac"] >= 0.5

@@ -97,12 +97,15 @@ def evaluate(
     predictions, summary.json.
 
     A rerun with the same settings reuses finished work (a killed run resumes where it stopped).
+    Under accelerate launch / torchrun every process generates and scores its share of the
+    items (one engine per GPU); the results and the summary are those of one process.
     """
     if list_:
         _list_benchmarks()
         return
     from stages.errors import MgpoError
     from stages.eval import EvalOptions, render, run_eval
+    from stages.processes import processes
 
     if bench is None:
         raise MgpoError("missing BENCH (see mgpo eval --list, or 'all' for the paper's suite)")
@@ -131,5 +134,7 @@ def evaluate(
         overwrite=overwrite,
     )
     summaries = run_eval(options)
+    if not processes().is_main:  # under a launcher, the main process reports
+        return
     render(Console(), summaries, details=details)
     Console(stderr=True).print(f"[green]results in {out}/[/]")

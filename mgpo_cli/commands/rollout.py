@@ -30,7 +30,7 @@ def rollout(
     ),
     micro_batch: int = typer.Option(64, help="Sequences (prompt x sample) per generate call (hf)."),
     seed: int = typer.Option(
-        0, help="Sampling seed (each part's seed derives from it and its first prompt)."
+        0, help="Sampling seed (each sample's stream derives from it, its prompt id and its index)."
     ),
     limit: int = typer.Option(None, help="Only the first K prompts."),
     dtype: str = typer.Option("auto", help="Model dtype: auto, float32, bfloat16, float16."),
@@ -62,8 +62,12 @@ def rollout(
     """Roll out a policy on prompt shards: n responses per prompt, token ids and log-probs.
 
     Parts are written per batch of prompts; rerunning after a kill resumes where it stopped.
+    Under accelerate launch / torchrun every process rolls out its share of the batches (one
+    engine per GPU) into the same shard set; the samples do not depend on the number of
+    processes.
     """
     from stages.errors import MgpoError
+    from stages.processes import processes
     from stages.rollout import BACKENDS, RolloutOptions, run_rollout
 
     if backend not in BACKENDS:
@@ -91,4 +95,5 @@ def rollout(
         filter_overlong=filter_overlong,
     )
     written = run_rollout(options)
-    Console().print(f"[green]rollouts written to {written}[/]")
+    if processes().is_main:
+        Console().print(f"[green]rollouts written to {written}[/]")

@@ -35,6 +35,7 @@ def score(
     ),
 ) -> None:
     """Score rollouts: reward, its components (format, accuracy, ...) and the answer read."""
+    from stages.processes import processes
     from stages.score import ScoreOptions, run_score
 
     summary = run_score(
@@ -49,6 +50,8 @@ def score(
             overwrite=overwrite,
         )
     )
+    if not processes().is_main:
+        return
     Console().print(
         f"[green]scores written to {summary.path}[/]: {summary.items} items, mean reward {summary.reward_mean:.4f}"
         + (f", {summary.timed_out} timed out" if summary.timed_out else "")

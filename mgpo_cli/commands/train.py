@@ -37,7 +37,8 @@ def _alpha(value: str | None) -> float | str | None:
 def train(
     recipe: str = typer.Option(
         DEFAULT_RECIPE,
-        help="Built-in recipe name (tiny, qwen2_5_vl_3b, qwen2_5_vl_7b) or a YAML file.",
+        help="Built-in recipe name (tiny, qwen2_5_vl_3b, qwen2_5_vl_7b, smollm2_arithmetic,"
+        " smollm2_arithmetic_lora) or a YAML file. LoRA: --set model.lora.rank=16 (see README).",
     ),
     algo: str = typer.Option(
         None,
@@ -52,7 +53,9 @@ def train(
         help="MGPO: fraction of the most uncertain tokens that are blended.  \\[recipe: algo.beta]",
     ),
     model: str = typer.Option(
-        None, help="Policy: hub id, local folder, or 'tiny'.  \\[recipe: model.name]"
+        None,
+        help="Policy: hub id, local folder (a LoRA adapter folder: its base with the adapter"
+        " merged), or 'tiny'.  \\[recipe: model.name]",
     ),
     data: Path = typer.Option(None, help="Training prompt shards.  \\[recipe: data.train]"),
     val_data: Path = typer.Option(

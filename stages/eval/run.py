@@ -16,6 +16,11 @@ part); other settings are refused unless ``overwrite``. Every benchmark, split, 
 model is checked before anything is written, and a user error in a pair removes that pair's new
 folder, so bad input leaves no partial output. One engine is built per model, lazily (a model
 whose results all exist is never loaded), and reused across its benchmarks.
+
+Under ``accelerate launch`` / ``torchrun`` (:mod:`stages.processes`) every process builds its own
+engine; the main process writes the prompts, then each process generates and scores its share of
+the rollout parts (part ``j`` is process ``j % K``'s), and the main process seals the shard sets
+and writes the summary: one folder, the same as one process makes.
 """
 
 from __future__ import annotations
@@ -41,10 +46,12 @@ from stages.eval.plan import (
 )
 from stages.eval.summary import read_summary, write_summary
 from stages.eval.targets import EvalModel
+from stages.processes import SINGLE, Processes, processes
 from stages.shards import (
     ShardWriter,
     is_complete,
     open_shards,
+    read_part,
     staging_dir,
     write_json_atomic,
 )
@@ -116,67 +123,84 @@ def make_engine(model: EvalModel, options: EvalOptions):
     """One engine per model, kept alive across its benchmarks."""
     from stages.rollout import make_engine as build
 
-    console.print(f"loading {model.spec} ({options.backend})")
+    if processes().is_main:
+        console.print(f"loading {model.spec} ({options.backend})")
     try:
         return build(options.backend, rollout_options(None, model, options))
     except ImportError as error:
         raise MgpoError(f"--backend {options.backend} is not available here: {error}") from None
 
 
-def write_rollouts(pair: Pair, engine: Any, options: EvalOptions) -> None:
+def write_rollouts(pair: Pair, engine: Any, options: EvalOptions, procs: Processes) -> None:
+    """The responses, in parts of at most 64 items (a rerun after a kill resumes per part), fewer
+    when that shares the items out more evenly over the processes."""
     from stages.rollout import run_rollout
 
-    if not is_complete(pair.rollouts):
-        run_rollout(rollout_options(pair, pair.model, options), engine=engine)
+    if is_complete(pair.rollouts):
+        return
+    options_ = rollout_options(pair, pair.model, options)
+    items = open_shards(pair.prompts, "prompts").num_rows
+    share = min(options_.batch_prompts, max(1, -(-items // procs.world)))
+    options_ = dataclasses.replace(options_, batch_prompts=share)
+    run_rollout(options_, engine=engine, processes=procs)
 
 
-def _aligned(pair: Pair) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _aligned(
+    rollouts: list[dict[str, Any]], prompts: dict[str, tuple[int, dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rollout rows in prompt order, and the prompt row (without images) of each."""
-    columns = ["id", "prompt", "answer", "choices", "source", "meta"]
-    prompts = list(open_shards(pair.prompts, "prompts").iter_rows(columns))
-    order = {row["id"]: i for i, row in enumerate(prompts)}
-    rollouts = sorted(
-        open_shards(pair.rollouts, "rollouts").iter_rows(),
-        key=lambda r: (order[r["prompt_id"]], r["sample"]),
-    )
-    return rollouts, [prompts[order[r["prompt_id"]]] for r in rollouts]
+    rollouts = sorted(rollouts, key=lambda r: (prompts[r["prompt_id"]][0], r["sample"]))
+    return rollouts, [prompts[r["prompt_id"]][1] for r in rollouts]
 
 
-def write_predictions(pair: Pair, judge: Any, options: EvalOptions) -> list[dict[str, Any]]:
-    """Score every response (each under a time limit) and write the eval shards."""
+def write_predictions(
+    pair: Pair, judge: Any, options: EvalOptions, procs: Processes
+) -> list[dict[str, Any]]:
+    """Score every response (each under a time limit) and write the eval shards: prediction
+    part ``j`` holds rollout part ``j``, scored by the process that owns it."""
     from stages.eval.timed import score_rows_timed
 
-    if is_complete(pair.predictions):
-        return list(open_shards(pair.predictions, "eval").iter_rows())
-    rollouts, rows = _aligned(pair)
-    scored = score_rows_timed(
-        pair.bench,
-        rows,
-        [r["response"] for r in rollouts],
-        judge=judge,
-        samples=[r["sample"] for r in rollouts],
-        workers=options.workers,
-        timeout_s=options.timeout_s,
-    )
-    records = [{**rollout, **score} for rollout, score in zip(rollouts, scored, strict=True)]
-    producer = {"command": "mgpo eval", "stage": "eval", "config": pair.settings}
-    with ShardWriter(
-        pair.predictions, "eval", producer=producer, schema=PREDICTIONS, rows_per_part=4096
-    ) as writer:
-        writer.add(records)
-    return records
+    if not is_complete(pair.predictions):
+        columns = ["id", "prompt", "answer", "choices", "source", "meta"]
+        rows = open_shards(pair.prompts, "prompts").iter_rows(columns)
+        prompts = {row["id"]: (i, row) for i, row in enumerate(rows)}
+        parts = open_shards(pair.rollouts, "rollouts").files
+        producer = {"command": "mgpo eval", "stage": "eval", "config": pair.settings}
+        with ShardWriter(
+            pair.predictions, "eval", producer=producer, schema=PREDICTIONS, processes=procs
+        ) as writer:
+            for index in filter(procs.owns, range(len(parts))):
+                rollouts, rows = _aligned(read_part(parts[index]).to_pylist(), prompts)
+                scored = score_rows_timed(
+                    pair.bench,
+                    rows,
+                    [r["response"] for r in rollouts],
+                    judge=judge,
+                    samples=[r["sample"] for r in rollouts],
+                    workers=options.workers,
+                    timeout_s=options.timeout_s,
+                )
+                records = [{**r, **score} for r, score in zip(rollouts, scored, strict=True)]
+                writer.write_part(records, index=index)
+    return list(open_shards(pair.predictions, "eval").iter_rows())
 
 
-def write_pair_summary(pair: Pair, records: list[dict[str, Any]]) -> dict[str, Any]:
+def write_pair_summary(
+    pair: Pair, records: list[dict[str, Any]], procs: Processes
+) -> dict[str, Any]:
     summary = {
         **pair.bench.summarise(records, split=pair.settings["split"]),
         "model": pair.model.tag,
         "model_spec": pair.model.spec,
         "settings": pair.settings,
     }
-    tmp = pair.folder / f".{SUMMARY}.tmp"
-    write_summary(tmp, summary)
-    os.replace(tmp, pair.folder / SUMMARY)
+
+    def write() -> None:
+        tmp = pair.folder / f".{SUMMARY}.tmp"
+        write_summary(tmp, summary)
+        os.replace(tmp, pair.folder / SUMMARY)
+
+    procs.main_only(write)
     return summary
 
 
@@ -204,53 +228,73 @@ def evaluate_pair(
     judge: Any,
     options: EvalOptions,
     done: dict[str, Path],
+    procs: Processes = SINGLE,
 ) -> dict[str, Any]:
     """Prompts -> rollouts -> predictions -> summary for one pair, reusing finished pieces.
 
     ``engine`` builds (once) or returns the model's engine; it is only called when responses are
     still missing, before the prompts are made, so a model that cannot load fails fast.
+    ``procs``: the job's processes; the main one writes the prompts and the summary.
     """
     if options.overwrite and pair.folder.exists():
-        summary = replace_pair(pair, lambda p: evaluate_pair(p, engine, judge, options, done))
+        summary = replace_pair(
+            pair, lambda p: evaluate_pair(p, engine, judge, options, done, procs), procs
+        )
         done[pair.prompt_key()] = pair.prompts
         return summary
     created = _new_folders(pair.folder)
     try:
         live = engine() if not is_complete(pair.rollouts) else None
-        rows = load_prompts(pair, done)  # settings are written only once loading succeeded
-        pair.folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(pair.folder / SETTINGS, pair.settings)
-        write_prompts(pair, done, rows)
+
+        def prompts() -> None:
+            rows = load_prompts(pair, done)  # settings are written only once loading succeeded
+            pair.folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(pair.folder / SETTINGS, pair.settings)
+            write_prompts(pair, done, rows)
+
+        procs.main_only(prompts)
         done.setdefault(pair.prompt_key(), pair.prompts)
         if live is not None:
-            write_rollouts(pair, live, options)
-        records = write_predictions(pair, judge, options)
-        return write_pair_summary(pair, records)
+            write_rollouts(pair, live, options, procs)
+        records = write_predictions(pair, judge, options, procs)
+        return write_pair_summary(pair, records, procs)
     except MgpoError:
         # Bad input leaves nothing behind; finished responses stay (a rerun only rescores them).
-        if not is_complete(pair.rollouts):
+        if not is_complete(pair.rollouts) and procs.is_main:
             _remove(created)
         raise
 
 
-def replace_pair(pair: Pair, evaluate: Callable[[Pair], dict[str, Any]]) -> dict[str, Any]:
+def replace_pair(
+    pair: Pair, evaluate: Callable[[Pair], dict[str, Any]], procs: Processes = SINGLE
+) -> dict[str, Any]:
     """``--overwrite``: evaluate into a hidden sibling folder and swap it in only when the new
-    results are complete, as shard sets are replaced; a failure keeps the old results."""
+    results are complete, as shard sets are replaced; a failure keeps the old results. (The main
+    process moves folders; every process evaluates.)"""
     staged = dataclasses.replace(
         pair, folder=pair.folder.with_name(f".{pair.folder.name}.overwrite")
     )
-    if staged.saved_settings() != pair.settings:  # a killed --overwrite run resumes, nothing else
-        shutil.rmtree(staged.folder, ignore_errors=True)
+
+    def start() -> None:
+        if staged.saved_settings() != pair.settings:  # a killed --overwrite run resumes
+            shutil.rmtree(staged.folder, ignore_errors=True)
+
+    procs.main_only(start)
     try:
         summary = evaluate(staged)
     except MgpoError:
-        shutil.rmtree(staged.folder, ignore_errors=True)
+        if procs.is_main:
+            shutil.rmtree(staged.folder, ignore_errors=True)
         raise
-    trash = pair.folder.with_name(f".{pair.folder.name}.old")
-    shutil.rmtree(trash, ignore_errors=True)
-    os.replace(pair.folder, trash)
-    os.replace(staged.folder, pair.folder)
-    shutil.rmtree(trash, ignore_errors=True)
+
+    def swap() -> None:
+        trash = pair.folder.with_name(f".{pair.folder.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(pair.folder, trash)
+        os.replace(staged.folder, pair.folder)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    procs.main_only(swap)
     return summary
 
 
@@ -271,6 +315,9 @@ class LazyEngine:
         """Give the model's memory back before the next one loads."""
         if self.engine is None:
             return
+        close = getattr(self.engine, "close", None)  # vllm: its workers and process groups
+        if close is not None:
+            close()
         self.engine = None
         gc.collect()
         try:
@@ -301,18 +348,21 @@ def _by_model(pairs: list[Pair]) -> Iterator[tuple[EvalModel, list[Pair]]]:
 def run_eval(options: EvalOptions) -> dict[str, dict[str, dict[str, Any]]]:
     """Evaluate every model on every benchmark; returns ``{model_tag: {bench: summary}}``."""
     pairs = plan(options)
+    procs = processes()
     judge = make_judge(options)
     summaries: dict[str, dict[str, dict[str, Any]]] = {}
     done: dict[str, Path] = {}
+    say = console.print if procs.is_main else lambda *_: None
     for model, model_pairs in _by_model(pairs):
         engine = LazyEngine(model, options)
         for pair in model_pairs:
+            procs.barrier()  # every process sees the pair's folder as it is now
             if pair.finished() and not options.overwrite:
-                console.print(f"{pair.folder}: done before with these settings; reusing it")
+                say(f"{pair.folder}: done before with these settings; reusing it")
                 summary = read_summary(pair.folder / SUMMARY)
             else:
-                console.print(f"[bold]{pair.bench.name}[/] · {model.tag} -> {pair.folder}")
-                summary = evaluate_pair(pair, engine, judge, options, done)
+                say(f"[bold]{pair.bench.name}[/] · {model.tag} -> {pair.folder}")
+                summary = evaluate_pair(pair, engine, judge, options, done, procs)
             summaries.setdefault(model.tag, {})[pair.bench.name] = summary
         engine.close()
     return summaries

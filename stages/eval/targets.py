@@ -3,7 +3,8 @@
 ``--model`` takes what ``mgpo rollout`` takes (``tiny``, a model folder, a hub id) plus the
 folders ``mgpo train`` writes: a run directory means its exported policy ``RUN/final`` (a run
 killed before it finished: its newest checkpoint), and a checkpoint
-``RUN/checkpoints/step-000010`` loads as it is. A run directory is told from a model folder by
+``RUN/checkpoints/step-000010`` loads as it is (a LoRA run's may be peft adapter folders: their
+base with the adapter merged in). A run directory is told from a model folder by
 its ``config.json``, which holds the training recipe rather than a model's ``model_type``. Each model gets a filesystem-safe tag,
 the folder its results go under and its row label in the results table:
 
@@ -67,16 +68,20 @@ def locate(spec: str) -> str:
     """The model a spec means: a run directory's ``final`` policy (else its newest checkpoint),
     otherwise the spec itself."""
     from stages.console import console
+    from stages.models.adapters import ADAPTER_CONFIG
     from stages.models.loading import BUILTIN
+
+    def is_policy(folder: Path) -> bool:  # a model folder, or a LoRA run's adapter folder
+        return (folder / "config.json").is_file() or (folder / ADAPTER_CONFIG).is_file()
 
     if spec in BUILTIN:
         return spec
     path = Path(spec).expanduser()
     if path.is_dir() and is_run_dir(path):
-        if (path / "final" / "config.json").is_file():
+        if is_policy(path / "final"):
             return str((path / "final").resolve())
         steps = sorted(p for p in (path / "checkpoints").glob("step-*") if CHECKPOINT.match(p.name))
-        steps = [p for p in steps if (p / "config.json").is_file()]
+        steps = [p for p in steps if is_policy(p)]
         if not steps:
             raise MgpoError(
                 f"--model {spec}: the training run has no policy yet (no final/ and no checkpoint:"
@@ -125,10 +130,10 @@ def check_loadable(spec: str, load: str) -> None:
     unsupported config); weights are only read later, when the model's turn comes."""
     from transformers import AutoConfig
 
-    from stages.models.loading import model_kind, resolve_model
+    from stages.models.loading import config_path, model_kind
     from stages.models.quiet import quiet_transformers
 
-    path = resolve_model(load)
+    path = config_path(load)  # an adapter folder: its base's config
     try:
         with quiet_transformers():
             config = AutoConfig.from_pretrained(path)

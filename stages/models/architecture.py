@@ -7,6 +7,7 @@ storage), never from a guess:
 - the built-in ``tiny`` / ``tiny-text``: the cached folder's ``config.json``, else the config the
   tiny builder would use (no weights are built);
 - a local folder: its ``config.json`` (and ``preprocessor_config.json`` for the image budget);
+  a LoRA adapter folder: its base model's;
 - a hub id: the published architecture configs shipped in ``configs/`` for Qwen2.5-VL-3B/7B-Instruct
   (offline), else the Hugging Face cache, else the hub itself.
 """
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 from stages.errors import MgpoError
+from stages.models.adapters import base_spec
 from stages.models.loading import BUILTIN, model_kind, resolve_model
 from stages.models.quiet import quiet_transformers
 
@@ -85,11 +87,25 @@ class Architecture:
     parameters: tuple[Parameter, ...]  # tied weights once
     text: TextShape
     vision: VisionShape | None  # None: a text-only causal LM
+    linear_layers: tuple[str, ...] = ()  # the language model's (what LoRA may adapt)
 
 
 def is_vision_parameter(name: str) -> bool:
     """True for the vision tower's parameters (what ``model.freeze_vision`` freezes)."""
     return ".visual." in f".{name}"
+
+
+def language_linear_layers(model: torch.nn.Module) -> list[str]:
+    """Names of the ``nn.Linear`` modules of the language model: not in the vision tower, not
+    the output head (the trainer reads its weight directly). What LoRA may adapt."""
+    head = model.get_output_embeddings()
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and module is not head
+        and not is_vision_parameter(f"{name}.weight")
+    ]
 
 
 def shipped_config(name: str) -> Any:
@@ -118,6 +134,7 @@ def architecture(spec: str, *, trust_remote_code: bool = False) -> Architecture:
         parameters=_parameters(model),
         text=_text_shape(config.get_text_config()),
         vision=_vision_shape(config.vision_config, max_pixels) if kind == "vision" else None,
+        linear_layers=tuple(language_linear_layers(model)),
     )
 
 
@@ -160,6 +177,7 @@ def _config(spec: str, trust_remote_code: bool) -> tuple[Any, int]:
     """(transformers config, pixel budget per image) of ``spec``, reading no weights."""
     from transformers import AutoConfig
 
+    spec = base_spec(spec)  # a merged adapter has its base's architecture
     if spec in BUILTIN:
         from stages.models.tiny import MAX_PIXELS, builtin_config, tiny_folder
 

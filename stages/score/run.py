@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -15,9 +16,11 @@ from stages.config import PositiveFloat, PositiveInt, UnitFloat, check_values
 from stages.console import console, progress
 from stages.errors import MgpoError
 from stages.outputs import check_writable
-from stages.schemas import SCORES
-from stages.score.runner import ScorePool, score_items
-from stages.shards import ShardWriter, check_target, open_shards
+from stages.processes import Processes
+from stages.processes import processes as job_processes
+from stages.schemas import SCORES, with_hf_features
+from stages.score.runner import ScorePool
+from stages.shards import ShardSet, ShardWriter, check_target, open_shards, read_part
 
 
 @dataclass(frozen=True)
@@ -69,32 +72,32 @@ def prompts_of(rollouts_dir: str, given: str | None) -> str:
     return prompts
 
 
-def _items(options: ScoreOptions, prompts_dir: str) -> tuple[Iterator[dict[str, Any]], int]:
-    rollouts = open_shards(options.rollouts, "rollouts")
-    prompts = open_shards(prompts_dir, "prompts")
+def _gold(options: ScoreOptions, prompts_dir: str, rollouts: ShardSet) -> dict[str, dict]:
+    """The prompt fields a reward reads, for every prompt the rollouts answer."""
     wanted_ids = {row["prompt_id"] for row in rollouts.iter_rows(columns=["prompt_id"])}
+    prompts = open_shards(prompts_dir, "prompts")
     gold = {
         row["id"]: row
         for row in prompts.iter_rows(columns=["id", "prompt", "answer", "choices", "meta"])
         if row["id"] in wanted_ids
     }
+    missing = sorted(wanted_ids - set(gold))
+    if missing:
+        raise MgpoError(f"{options.rollouts}: prompt_id '{missing[0]}' is not in {prompts_dir}")
+    return gold
 
-    def items() -> Iterator[dict[str, Any]]:
-        for row in rollouts.iter_rows(columns=["prompt_id", "sample", "response"]):
-            prompt = gold.get(row["prompt_id"])
-            if prompt is None:
-                raise MgpoError(
-                    f"{options.rollouts}: prompt_id '{row['prompt_id']}' is not in {prompts_dir}"
-                )
-            yield {
-                **row,
-                "answer": prompt["answer"],
-                "choices": prompt["choices"],
-                "prompt": prompt["prompt"],
-                "meta": json.loads(prompt["meta"]) if prompt.get("meta") else {},
-            }
 
-    return items(), rollouts.num_rows
+def _items(part: Path, gold: dict[str, dict]) -> Iterator[dict[str, Any]]:
+    """The scoring items of one rollout part, in its row order."""
+    for row in read_part(part, ["prompt_id", "sample", "response"]).to_pylist():
+        prompt = gold[row["prompt_id"]]
+        yield {
+            **row,
+            "answer": prompt["answer"],
+            "choices": prompt["choices"],
+            "prompt": prompt["prompt"],
+            "meta": json.loads(prompt["meta"]) if prompt.get("meta") else {},
+        }
 
 
 def _reward_options(options: ScoreOptions) -> dict[str, Any]:
@@ -112,12 +115,18 @@ def score_pool(options: ScoreOptions) -> ScorePool:
 
 
 def run_score(
-    options: ScoreOptions, *, quiet: bool = False, pool: ScorePool | None = None
+    options: ScoreOptions,
+    *,
+    quiet: bool = False,
+    pool: ScorePool | None = None,
+    processes: Processes | None = None,
 ) -> ScoreSummary:
     """Score every rollout; the reward components become columns beside ``reward``.
 
-    ``pool``: workers from ``score_pool`` for the same reward settings, kept by a caller that
-    scores many times (the trainer, every step).
+    Score part ``j`` holds the scores of rollout part ``j``, row for row. ``pool``: workers from
+    ``score_pool`` for the same reward settings, kept by a caller that scores many times (the
+    trainer, every step). ``processes``: the job's processes (default: those the launcher
+    describes); each scores the parts it owns (``j % K``), the main process seals the set.
     """
     if pool is not None and (pool.spec, pool.workers, pool.timeout_s, pool.options) != (
         options.reward,
@@ -134,45 +143,52 @@ def run_score(
         raise MgpoError(f"--out {out}: is an input directory; choose another output directory")
     check_target(out, overwrite=options.overwrite)
     check_writable(out, "--out", beside=True)
-    items, total = _items(options, prompts_dir)
+    procs = processes if processes is not None else job_processes()
+    rollouts = open_shards(options.rollouts, "rollouts")
+    gold = _gold(options, prompts_dir, rollouts)
+    parts = [(j, f) for j, f in enumerate(rollouts.files) if procs.owns(j)]
     config = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("overwrite", "out")}
     config["prompts"] = str(
         Path(prompts_dir).resolve()
     )  # the answers these scores were read against
     producer = {"command": "mgpo score", "stage": "score", "config": config}
-    rows: list[dict[str, Any]] = []
-    with progress() as bar:
-        task = bar.add_task("score", total=total, visible=not quiet)
-        reward_options = _reward_options(options)
-        scored_rows = (
-            pool.score(items)
-            if pool is not None
-            else score_items(
-                items,
-                options.reward,
-                workers=options.workers,
-                timeout_s=options.timeout_s,
-                options=reward_options,
+    totals = [0, 0.0, 0, 0]  # items, reward sum, timed out, non-finite
+    with contextlib.ExitStack() as stack:
+        if pool is None:  # workers for all of this process's parts
+            pool = stack.enter_context(score_pool(options))
+        writer = stack.enter_context(
+            ShardWriter(
+                out, "scores", overwrite=options.overwrite, producer=producer, processes=procs
             )
         )
-        for scored in scored_rows:
-            rows.append(scored)
-            bar.advance(task)
-    schema = _schema_for(rows)
-    with ShardWriter(
-        out, "scores", producer=producer, schema=schema, overwrite=options.overwrite
-    ) as writer:
-        writer.add(rows)
-    timed_out = sum(bool(r.get("timed_out")) for r in rows)
-    non_finite = sum(bool(r.get("non_finite")) for r in rows)
-    mean = sum(r["reward"] for r in rows) / max(len(rows), 1)
-    if timed_out and not quiet:
+        bar = stack.enter_context(progress())
+        share = sum(
+            part["rows"] for j, part in enumerate(rollouts.manifest["parts"]) if procs.owns(j)
+        )
+        task = bar.add_task("score", total=share, visible=not quiet and procs.is_main)
+        for index, part in parts:
+            rows = []
+            for scored in pool.score(_items(part, gold)):
+                rows.append(scored)
+                bar.advance(task)
+            writer.schema = with_hf_features(_schema_for(rows))
+            writer.write_part(rows, index=index)
+            totals = [
+                totals[0] + len(rows),
+                totals[1] + sum(r["reward"] for r in rows),
+                totals[2] + sum(bool(r.get("timed_out")) for r in rows),
+                totals[3] + sum(bool(r.get("non_finite")) for r in rows),
+            ]
+    items, reward, timed_out, non_finite = (
+        sum(column) for column in zip(*procs.gather(totals), strict=True)
+    )
+    if timed_out and not quiet and procs.is_main:
         console.print(
             f"[yellow]{timed_out} item(s) hit the {options.timeout_s:g}s limit and scored 0[/]"
         )
-    if non_finite and not quiet:
+    if non_finite and not quiet and procs.is_main:
         console.print(f"[yellow]{non_finite} item(s) got a NaN or infinite reward and scored 0[/]")
-    return ScoreSummary(out, len(rows), mean, timed_out, non_finite)
+    return ScoreSummary(out, int(items), reward / max(items, 1), int(timed_out), int(non_finite))
 
 
 def _schema_for(rows: list[dict[str, Any]]) -> pa.Schema:

@@ -17,6 +17,11 @@ not a fresh interpreter importing SymPy (about half a second with ``spawn``).
 
 Custom reward files are imported in each worker, never in the parent; a worker reports that it
 loaded its function before any item is sent, so a broken file fails before any work is done.
+
+The built-in rewards that cannot hang (``rewards.BOUNDED_REWARDS``: ``short_answer``,
+``last_number``) need none of this: they are scored in the calling process
+(:func:`stages.score.items.score_in_process`), where sending an item to a worker and back would
+cost more than scoring it. Rows and errors are the same.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from stages.errors import MgpoError
-from stages.score.rewards import builtin_components, check_result, load_reward_fn, split_spec
+from stages.score.items import call_reward, check_item, item_name, score_in_process
+from stages.score.rewards import BOUNDED_REWARDS, builtin_components, load_reward_fn, split_spec
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_STARTUP_TIMEOUT_S = 120.0
@@ -92,10 +98,9 @@ def _worker_main(
         except (EOFError, OSError):
             return
         index, item = message
-        fields = {k: v for k, v in item.items() if k not in ("response", "answer")}
         _cpu_backstop(backstop_s)
         try:
-            row = check_result(fn(item["response"], item["answer"], **fields, **options))
+            row = call_reward(fn, item, options)
         except Exception as exc:
             conn.send(("error", index, f"{type(exc).__name__}: {exc}"))
         else:
@@ -110,21 +115,6 @@ class _Worker:
     started: float = field(default_factory=time.monotonic)
     index: int | None = None  # the item it is scoring
     deadline: float = 0.0
-
-
-def _item_name(item: Mapping[str, Any]) -> str:
-    return f"prompt_id={item.get('prompt_id')!r} sample={item.get('sample')!r}"
-
-
-def _check_item(index: int, item: Any, options: Mapping[str, Any]) -> None:
-    if not isinstance(item, Mapping):
-        raise MgpoError(f"score item {index} is a {type(item).__name__}, not a dict")
-    for key in ("response", "answer"):
-        if not isinstance(item.get(key), str):
-            raise MgpoError(f"score item {index} ({_item_name(item)}): {key!r} is not a string")
-    clash = sorted(set(options) & set(item))
-    if clash:
-        raise MgpoError(f"reward option(s) {clash} clash with item fields of the same name")
 
 
 class _Pool:
@@ -286,6 +276,9 @@ class ScorePool:
 
     def score(self, items: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
         """Rows for ``items`` in input order, as ``score_items`` yields them."""
+        if self.spec in BOUNDED_REWARDS:
+            yield from score_in_process(items, self.spec, self.options)
+            return
         if self._pool is None:
             backstop_s = BACKSTOP_FACTOR * self.timeout_s + BACKSTOP_EXTRA_S
             self._pool = _Pool(
@@ -332,7 +325,7 @@ def _score(
     emitted = 0
 
     def fail(index: int, message: str) -> MgpoError:
-        return MgpoError(f"reward function {spec!r} on item {_item_name(names[index])}: {message}")
+        return MgpoError(f"reward function {spec!r} on item {item_name(names[index])}: {message}")
 
     def row_of(index: int, result: dict[str, Any] | None) -> dict[str, Any]:
         item = names.pop(index)
@@ -357,7 +350,7 @@ def _score(
             except StopIteration:
                 exhausted = True
                 break
-            _check_item(taken, item, options)
+            check_item(taken, item, options)
             names[taken] = {"prompt_id": item.get("prompt_id"), "sample": item.get("sample")}
             worker.index, worker.deadline = taken, time.monotonic() + timeout_s
             worker.conn.send((taken, dict(item)))

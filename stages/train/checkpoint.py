@@ -9,6 +9,9 @@ A checkpoint directory ``checkpoints/step-K`` holds:
 - sharded weights (``fsdp``): ``model-rank00000.safetensors``, ``optimizer-rank00000.safetensors``
   ... one pair per process holding that process's shards, written by every process at once (no
   gather, no host copy of the whole model); they resume only on the same number of processes;
+- under LoRA (``model.lora``) only the adapters, in peft's format: ``adapter_model.safetensors``
+  (or ``adapter_model-rank00000.safetensors`` ... under FSDP) beside ``adapter_config.json``, so
+  a DDP checkpoint loads as an adapter folder; the base weights come from ``model.name``;
 - ``optimizer.json``: AdamW's hyper-parameters;
 - ``rng-rank00000.safetensors`` + ``.json`` per process: its torch CPU generator, the CUDA
   generator of its own device and its Python ``random`` state;
@@ -84,21 +87,26 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep_last: int,
     write_extras: Callable[[Path], None] | None = None,
+    *,
+    weights: dict[str, torch.Tensor] | None = None,
+    stem: str = "model",
 ) -> Path:
     """Write checkpoint ``step`` (every process calls this) and drop all but the newest
-    ``keep_last``; ``write_extras(folder)`` adds files on the main process (config, processor)."""
+    ``keep_last``; ``write_extras(folder)`` adds files on the main process (config, processor).
+    ``weights``: the tensors to save, by key (default: ``module``'s whole state), in
+    ``STEM.safetensors`` (``STEM-rankNNNNN.safetensors`` when sharded)."""
     final = run_dir / "checkpoints" / f"step-{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
     if dist.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    state = unique_state(module)
+    state = unique_state(module) if weights is None else weights
     sharded = any(is_sharded(t) for t in state.values())
     names = {id(p): n for n, p in module.named_parameters()}
     if sharded or dist.is_main:
         suffix = _rank_file("", dist.rank)[1:] if sharded else "safetensors"
-        model_name = f"model-{suffix}" if sharded else "model.safetensors"
+        model_name = f"{stem}-{suffix}" if sharded else f"{stem}.safetensors"
         save_file({n: _cpu(t) for n, t in state.items()}, str(tmp / model_name))
         opt_name = f"optimizer-{suffix}" if sharded else "optimizer.safetensors"
         save_file(_optimizer_tensors(optimizer, names), str(tmp / opt_name))
@@ -108,6 +116,7 @@ def save_checkpoint(
         layout = {
             "strategy": "fsdp" if sharded else "ddp",
             "processes": dist.world,
+            "weights": stem,
             "shapes": {n: list(t.shape) for n, t in state.items()},
         }
         (tmp / "layout.json").write_text(json.dumps(layout))
@@ -124,9 +133,17 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, dist: Distributed, module: torch.nn.Module, optimizer: torch.optim.Optimizer
+    path: Path,
+    dist: Distributed,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    weights: dict[str, torch.Tensor] | None = None,
+    stem: str = "model",
 ) -> dict[str, Any]:
-    """Restore weights, optimizer and this process's RNG in place; return the trainer state."""
+    """Restore weights (``weights``, default ``module``'s whole state: as saved), optimizer and
+    this process's RNG in place; return the trainer state."""
+    state = unique_state(module) if weights is None else weights
     try:
         layout = json.loads((path / "layout.json").read_text())
         sharded = layout["strategy"] == "fsdp"
@@ -135,24 +152,26 @@ def load_checkpoint(
                 f"{path}: written by {layout['processes']} processes; resume it with the same"
                 f" number (this run has {dist.world})"
             )
+        if layout.get("weights", "model") != stem:
+            raise MgpoError(f"{path}: holds {layout.get('weights', 'model')} weights, not {stem}")
         suffix = _rank_file("", dist.rank)[1:] if sharded else "safetensors"
-        weights = load_file(str(path / f"model{'-' if sharded else '.'}{suffix}"))
+        saved = load_file(str(path / f"{stem}{'-' if sharded else '.'}{suffix}"))
         moments = load_file(str(path / f"optimizer{'-' if sharded else '.'}{suffix}"))
         groups = json.loads((path / "optimizer.json").read_text())["groups"]
-        state = json.loads((path / "state.json").read_text())
+        trainer_state = json.loads((path / "state.json").read_text())
         _load_rng(path, dist)
     except (OSError, ValueError, KeyError) as error:
         raise MgpoError(f"{path}: unreadable checkpoint ({error})") from None
-    _load_weights(path, module, weights, layout["shapes"])
+    _load_weights(path, state, saved, layout["shapes"])
     _load_optimizer(path, module, optimizer, moments, groups)
-    return state
+    return trainer_state
 
 
 def _load_weights(
-    path: Path, module: torch.nn.Module, weights: dict[str, torch.Tensor], shapes: dict
+    path: Path, state: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], shapes: dict
 ) -> None:
-    """Copy saved tensors into ``module`` (its shards under FSDP); every name must match."""
-    state = unique_state(module)
+    """Copy saved tensors into the model's ``state`` (its shards under FSDP); every name must
+    match."""
     if set(shapes) != set(state) or set(weights) != set(state):
         missing = sorted((set(state) ^ set(shapes)) | (set(state) ^ set(weights)))
         raise MgpoError(f"{path}: does not match the model (first difference: {missing[0]})")

@@ -21,6 +21,25 @@ from stages.config import (
 )
 from stages.errors import MgpoError
 
+# The attention and MLP projections of Llama-style decoder layers (Llama, Qwen2, Qwen2.5-VL's
+# language model, Mistral, SmolLM2): what LoRA adapts by default.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters (``model.lora``; absent or null: every parameter trains). Only the adapters
+    train, with their AdamW state, in float32; the base weights are frozen and held in the
+    compute dtype. Adapters go on the language model only: the vision tower stays frozen."""
+
+    rank: PositiveInt = 16
+    alpha: PositiveFloat = 32.0  # the update is scaled by alpha / rank
+    # Dropout on the adapters' input during the update. 0 by default: with dropout the update's
+    # log-probs are noisy copies of the policy's, and so are the importance ratios.
+    dropout: UnitFloat = 0.0
+    # Linear layers of the language model whose name ends with one of these (peft's rule).
+    target_modules: tuple[str, ...] = LORA_TARGETS
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -31,6 +50,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     freeze_vision: bool = False
     gradient_checkpointing: bool = False
+    lora: LoraConfig | None = None  # e.g. --set model.lora.rank=16 turns LoRA on
 
 
 @dataclass(frozen=True)
@@ -54,8 +74,10 @@ class RolloutConfig:
     max_new_tokens: PositiveInt = 2048
     max_prompt_tokens: PositiveInt = 2048  # longer prompts: see data.filter_overlong
     micro_batch: PositiveInt = 64  # sequences (prompt x sample) per generate call (hf)
-    gpu_memory_utilization: OpenUnitFloat = 0.6
-    tensor_parallel_size: PositiveInt = 1
+    # vLLM's share of each GPU during the rollout (it sleeps during the update); auto: what the
+    # memory plan's held items leave (mgpo train --plan)
+    gpu_memory_utilization: OpenUnitFloat | str = "auto"
+    tensor_parallel_size: PositiveInt = 1  # vllm: processes (GPUs) per engine
     # DAPO dynamic sampling / GPG threshold: extra rollout rounds at most
     max_resample_rounds: NonNegativeInt = 3
 
@@ -127,6 +149,10 @@ class TrainerConfig:
     save_every: NonNegativeInt = 10  # 0: only at the end
     keep_last: NonNegativeInt = 2  # 0: keep every checkpoint
     strategy: str = "ddp"  # ddp (every process holds the whole model) | fsdp (FSDP2 sharding)
+    # Encode each prompt once per group in the old log-probs and the update (one packed row per
+    # prompt, stages/train/shared_prefix.py): on | off | auto (on where it costs less). YAML
+    # reads a bare on / off as true / false: both spellings are accepted.
+    shared_prefix: str | bool = "auto"
     # How long a process waits in a collective before giving up: the other processes wait while
     # the main one rolls out, scores and validates, so this must outlast a rollout phase.
     collective_timeout_s: PositiveFloat = 7200.0
@@ -136,6 +162,12 @@ class TrainerConfig:
     )
     wandb: bool = False
     require_gpu: bool = False  # refuse to start on a machine without a GPU
+    # final/ under model.lora: merged (a plain model folder) | adapter (a peft adapter folder)
+    export: str = "merged"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shared_prefix, bool):
+            object.__setattr__(self, "shared_prefix", "on" if self.shared_prefix else "off")
 
 
 @dataclass(frozen=True)
@@ -179,6 +211,13 @@ def check(config: TrainConfig) -> None:
         raise MgpoError(f"algo.alpha '{algo.alpha}': expected a number in [0, 1] or 'dyn'")
     if not isinstance(algo.alpha, str) and not 0.0 <= algo.alpha <= 1.0:
         raise MgpoError(f"algo.alpha {algo.alpha}: expected a number in [0, 1] or 'dyn'")
+    if config.rollout.gpu_memory_utilization not in ("auto",) and isinstance(
+        config.rollout.gpu_memory_utilization, str
+    ):
+        raise MgpoError(
+            f"rollout.gpu_memory_utilization '{config.rollout.gpu_memory_utilization}':"
+            " expected auto or a number in (0, 1]"
+        )
     if algo.scale_rewards not in (None, "group", "batch", "none"):
         raise MgpoError(f"algo.scale_rewards '{algo.scale_rewards}': expected group, batch or none")
     if algo.baseline not in ("mean", "median"):
@@ -192,7 +231,12 @@ def check(config: TrainConfig) -> None:
         )
     if config.trainer.strategy not in ("ddp", "fsdp"):
         raise MgpoError(f"trainer.strategy '{config.trainer.strategy}': expected ddp or fsdp")
+    if config.trainer.shared_prefix not in ("auto", "on", "off"):
+        raise MgpoError(
+            f"trainer.shared_prefix '{config.trainer.shared_prefix}': expected auto, on or off"
+        )
     _check_plan(config.plan)
+    _check_lora(config)
     if config.trainer.collective_timeout_s <= 0:
         raise MgpoError(
             f"trainer.collective_timeout_s must be positive, got {config.trainer.collective_timeout_s}"
@@ -206,6 +250,16 @@ def check(config: TrainConfig) -> None:
         raise MgpoError(
             f"model.dtype '{config.model.dtype}': expected one of {', '.join(COMPUTE_DTYPES)}{hint}"
         )
+
+
+def _check_lora(config: TrainConfig) -> None:
+    lora, export = config.model.lora, config.trainer.export
+    if export not in ("merged", "adapter"):
+        raise MgpoError(f"trainer.export '{export}': expected merged or adapter")
+    if export == "adapter" and lora is None:
+        raise MgpoError("trainer.export adapter needs LoRA (model.lora): there is no adapter")
+    if lora is not None and not lora.target_modules:
+        raise MgpoError("model.lora.target_modules is empty: name at least one linear layer")
 
 
 def _check_plan(plan: PlanConfig) -> None:

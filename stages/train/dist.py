@@ -6,9 +6,13 @@
 started alone makes a group of one from an in-memory store, so FSDP's device mesh, and every
 collective below, exists in one process too and the code has no single-process branch.
 
-The timeout matters because the main process rolls out, scores and validates alone while the
-others wait in a barrier: torch's default (10 minutes) is shorter than one rollout phase of the
-paper's setting.
+The timeout matters because a process waits in a barrier for the slowest one's share of a
+rollout phase (and for the main process's checkpoint and export): torch's default (10 minutes)
+can be shorter than that in the paper's setting.
+
+:class:`Distributed` is the job's :class:`~stages.processes.Processes` (what the rollout, score
+and eval stages split their work by) plus this process's device and the reductions training
+needs.
 """
 
 from __future__ import annotations
@@ -21,23 +25,14 @@ import torch
 import torch.distributed as dist
 
 from stages.errors import MgpoError
+from stages.processes import Processes
 
 
 @dataclass(frozen=True)
-class Distributed:
-    """This process's place in the run: rank, number of processes and its device."""
+class Distributed(Processes):
+    """This process's place in the run: rank, number of processes, local rank and its device."""
 
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
+    device: torch.device = torch.device("cpu")
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum of a small vector over all processes (float64, one all-reduce)."""
@@ -87,7 +82,7 @@ def setup(device: str = "auto", timeout_s: float = 7200.0) -> Distributed:
             dist.init_process_group(
                 backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout
             )
-    return Distributed(rank=dist.get_rank(), world=dist.get_world_size(), device=where)
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, device=where)
 
 
 def shutdown() -> None:

@@ -23,11 +23,19 @@ gathers and reduce-scatters line up across processes. The extra cost is one 4-pa
 
 Results are returned left-aligned: column ``j`` is the ``j``-th response token, as in the rollout
 shards.
+
+With ``shared_prefix`` the samples that share a prompt row go through one packed row instead
+(:mod:`stages.train.shared_prefix`): same log-probs, entropies and gradients, the prompt and its
+images encoded once. It is the same ``LogprobModel`` forward (so DDP, FSDP, checkpointing and the
+chunked head work unchanged), given the packed inputs and, per response token, the position of
+the hidden state that predicts it. Whether a step packs is decided once per step
+(:func:`~stages.train.shared_prefix.decide`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +45,7 @@ from torch import Tensor, nn
 from stages.errors import MgpoError
 from stages.models.logprobs import forward_inputs
 from stages.models.policy_io import PolicyIO
+from stages.train import shared_prefix as sp
 from stages.train.logprobs import logprobs_from_hidden
 
 
@@ -45,6 +54,20 @@ class ResponseLogprobs:
     logp: Tensor  # [B, R] log-prob of each response token (0 on padding)
     entropy: Tensor | None  # [B, R]
     mask: Tensor  # [B, R] bool, True on response tokens
+
+
+class Generate:
+    """A call for :meth:`LogprobModel.forward` to make (the engine's prefill and ``generate`` of
+    one micro-batch), and the context to run it in: one object, so FSDP's forward hooks pass it
+    through untouched. See :mod:`stages.train.generation`."""
+
+    def __init__(
+        self,
+        call: Callable[[], Any],
+        within: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> None:
+        self.call = call
+        self.within = within
 
 
 class LogprobModel(nn.Module):
@@ -67,19 +90,32 @@ class LogprobModel(nn.Module):
 
     def forward(
         self,
-        inputs: dict[str, Tensor],
-        targets: Tensor,
+        inputs: dict[str, Tensor] | Generate,
+        targets: Tensor | None = None,
         temperature: float = 1.0,
         with_entropy: bool = True,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Log-probs ``[B, W]`` of ``targets`` (the last ``W`` input ids, right-aligned)."""
+        positions: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None] | Any:
+        """Log-probs of ``targets``: ``[B, W]``, the last ``W`` input ids (right-aligned); or, with
+        ``positions`` (same shape as ``targets``, packed rows), each target predicted by the hidden
+        state at that flat index into the ``[rows * length]`` positions. Given a
+        :class:`Generate`, what its call returns (``generate``'s sequences), run inside this
+        forward (what FSDP needs of a sharded model: :mod:`stages.train.generation`)."""
+        if isinstance(inputs, Generate):
+            with inputs.within():
+                return inputs.call()
+        assert targets is not None
         width = targets.shape[1]
         base = self.model.base_model
         if self.vision is not None and "pixel_values" not in inputs:
             inputs = dict(inputs)
             embeds = base.get_input_embeddings()(inputs.pop("input_ids"))
             inputs["inputs_embeds"] = embeds + self._blank_image().to(embeds.dtype)
-        hidden = base(**inputs, use_cache=False).last_hidden_state[:, -(width + 1) : -1]
+        hidden = base(**inputs, use_cache=False).last_hidden_state
+        if positions is None:
+            hidden = hidden[:, -(width + 1) : -1]
+        else:
+            hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
         head = self.model.get_output_embeddings()
         dtype = self.compute_dtype
         bias = None if head.bias is None else head.bias.to(dtype)
@@ -117,18 +153,20 @@ def response_logprobs(
     device: torch.device,
     temperature: float = 1.0,
     with_entropy: bool = True,
+    shared_prefix: bool = False,
 ) -> ResponseLogprobs:
     """Log-probs (at ``temperature``) of ``responses[i]`` following prompt ``rows[i]``;
-    ``model`` is a :class:`LogprobModel` (or a DDP / FSDP wrapper of one)."""
+    ``model`` is a :class:`LogprobModel` (or a DDP / FSDP wrapper of one). ``shared_prefix``
+    packs the samples whose row is the same object into one row."""
+    temperature = temperature if temperature > 0 else 1.0
+    if shared_prefix:
+        return _packed_logprobs(model, io, rows, responses, device, temperature, with_entropy)
     batch = io.encode(rows, responses, padding_side="left").to(device)
     lengths = batch.response_mask.sum(1)
     width = max(int(lengths.max().item()), 1)
     targets = batch.inputs["input_ids"][:, -width:]
     logp, entropy = model(
-        forward_inputs(batch),
-        targets,
-        temperature=temperature if temperature > 0 else 1.0,
-        with_entropy=with_entropy,
+        forward_inputs(batch), targets, temperature=temperature, with_entropy=with_entropy
     )
     # Right-aligned (row i's response fills its last len_i columns) -> left-aligned.
     columns = torch.arange(width, device=device)
@@ -138,3 +176,34 @@ def response_logprobs(
     if entropy is not None:
         entropy = torch.gather(entropy, 1, source).masked_fill(~mask, 0.0)
     return ResponseLogprobs(logp=logp, entropy=entropy, mask=mask)
+
+
+def _packed_logprobs(
+    model: nn.Module,
+    io: PolicyIO,
+    rows: Sequence[Mapping[str, Any]],
+    responses: Sequence[Sequence[int]],
+    device: torch.device,
+    temperature: float,
+    with_entropy: bool,
+) -> ResponseLogprobs:
+    """The shared-prefix forward: packed rows through the same ``LogprobModel``."""
+    causal_lm = getattr(model, "module", model).model  # under DDP, the module it wraps
+    packed = sp.pack(
+        io,
+        rows,
+        responses,
+        rope_index=getattr(causal_lm.base_model, "get_rope_index", None),
+        attention=sp.attention_implementation(causal_lm),
+    )
+    inputs = {k: v.to(device) for k, v in packed.inputs.items()}
+    logp, entropy = model(
+        inputs,
+        packed.targets.to(device),
+        temperature=temperature,
+        with_entropy=with_entropy,
+        positions=packed.index.to(device),
+    )
+    mask = packed.mask.to(device)
+    entropy = None if entropy is None else entropy.masked_fill(~mask, 0.0)
+    return ResponseLogprobs(logp.masked_fill(~mask, 0.0), entropy, mask)

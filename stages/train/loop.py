@@ -9,9 +9,16 @@ Each step:
   5. hand the new weights to the live rollout engine, log metrics, validate, checkpoint.
 
 The policy side (model, optimizer, checkpoints) is :class:`~stages.train.policy.Policy`; this
-module orchestrates the stages around it. Under ``accelerate launch`` or ``torchrun`` every process
-reads the same shards (the main process writes them) and trains on its own slice of every
-micro-batch; the others wait while the main process rolls out and scores.
+module orchestrates the stages around it. Under ``accelerate launch`` or ``torchrun`` every
+process is a full worker: it rolls out and scores its own slice of the step's prompts (and of the
+validation prompts) with its own engine, writing its parts of the step's shard sets (the main
+process seals them); then every process reads the whole step and trains on its own slice of every
+micro-batch.
+
+The rollout engine: the hf engine generates with the trained module itself (under FSDP all
+processes generate in lockstep, :mod:`stages.train.generation`); a vllm engine lives in each
+training process on its device, is handed the trainer's weights at start, sleeps during the
+update and is handed the new weights in memory after it (and after a resume).
 """
 
 from __future__ import annotations
@@ -27,16 +34,16 @@ import torch
 from stages.config import to_dict
 from stages.console import console
 from stages.errors import MgpoError
-from stages.rollout import HFEngine, RolloutOptions, make_engine, run_rollout
+from stages.rollout import RolloutOptions, make_engine, run_rollout
 from stages.score import ScoreOptions, ScorePool, run_score, score_pool
 from stages.shards import is_complete, open_shards, prompt_row
 from stages.train import dist
 from stages.train.config import TrainConfig
 from stages.train.data_order import Position, take
 from stages.train.live import LiveView
-from stages.train.memory_plan import check_fits
 from stages.train.metrics_log import MetricsLog, step_metrics
 from stages.train.overlong import fitting_ids, write_report
+from stages.train.plan_fit import check_fits, engine_share
 from stages.train.policy import Policy
 from stages.train.run_dir import check_run_dir, write_run_dir
 from stages.train.samples import Group, StepBatch, read_groups
@@ -52,15 +59,16 @@ class Trainer:
         self.run_dir = run_dir
         self.policy = Policy(config)
         rollout = config.rollout
-        if rollout.backend == "hf":  # the trained module itself where it can (rollout_module)
-            module = self.policy.rollout_module
-            self.engine = (
-                None
-                if module is None
-                else HFEngine(module, self.policy.io, micro_batch_size=rollout.micro_batch)
+        if rollout.backend == "hf":  # the trained module itself (see Policy.hf_engine)
+            self.engine = self.policy.hf_engine(rollout.micro_batch)
+        else:  # one engine per process, in this process
+            options = dataclasses.replace(
+                self._rollout_options("", "", 0, 0),
+                colocate=True,
+                gpu_memory_utilization=engine_share(config),
             )
-        else:
-            self.engine = make_engine(rollout.backend, self._rollout_options("", "", 0, 0))
+            self.engine = make_engine(rollout.backend, options)
+            self.policy.sync_rollout(self.engine)  # the trainer's weights, as after every update
         # Prompts too long for rollout.max_prompt_tokens are dropped (or stop the run) now.
         limit, drop = rollout.max_prompt_tokens, config.data.filter_overlong
         self.prompt_ids, dropped = fitting_ids(self.policy.io, config.data.train, limit, drop)
@@ -135,23 +143,21 @@ class Trainer:
         """Rollout + score shards for one round (reused if a killed run already finished them)."""
         rollouts, scores = step_dir / f"{name}rollouts", step_dir / f"{name}scores"
         started = time.perf_counter()
-        if self.is_main:
-            if not is_complete(rollouts):
-                options = self._rollout_options(
-                    prompts, str(rollouts), seed, self.step, ids, greedy
-                )
-                if limit is not None:
-                    options = dataclasses.replace(options, limit=limit)
-                run_rollout(options, engine=self.engine, quiet=True)
-            rollout_time = time.perf_counter() - started
-            if not is_complete(scores):
-                options = self._score_options(str(rollouts), prompts, str(scores))
-                if self.scorer is None:  # workers kept for the whole run
-                    self.scorer = score_pool(options)
-                run_score(options, quiet=True, pool=self.scorer)
-        else:
-            rollout_time = 0.0
-        self.wait_for_everyone()
+        procs = self.policy.dist  # the job's processes: each takes its slice
+        if not is_complete(rollouts):  # every process: its slice, its parts of the one set
+            options = self._rollout_options(prompts, str(rollouts), seed, self.step, ids, greedy)
+            total = len(ids) if ids else open_shards(prompts, "prompts").num_rows
+            total = total if limit is None else min(total, limit)
+            # One batch (one part) per process, so all generate at once.
+            share = max(-(-total // procs.world), 1)
+            options = dataclasses.replace(options, limit=limit, batch_prompts=share)
+            run_rollout(options, engine=self.engine, quiet=True, processes=procs)
+        rollout_time = time.perf_counter() - started
+        if not is_complete(scores):  # every process scores the parts it rolled out
+            options = self._score_options(str(rollouts), prompts, str(scores))
+            if self.scorer is None:  # workers kept for the whole run
+                self.scorer = score_pool(options)
+            run_score(options, quiet=True, pool=self.scorer, processes=procs)
         return rollouts, scores, rollout_time
 
     # -- one step -------------------------------------------------------------------------------
@@ -242,7 +248,7 @@ class Trainer:
             return False
         self.step = int(state["step"])
         self.position = Position(**state["position"])
-        self.policy.sync_rollout(self.engine)
+        self.policy.sync_rollout(self.engine)  # samples from the checkpoint's weights from now
         return True
 
     def close(self) -> None:
@@ -316,9 +322,12 @@ def _train(trainer: Trainer, config: TrainConfig, run_dir: Path, resume: bool) -
             started = time.perf_counter()
             step_dir = run_dir / "steps" / f"step-{trainer.step + 1:06d}"
             batch, metrics = trainer.collect(step_dir)
+            trainer.engine.sleep()  # vllm: its weights and KV cache freed for the update
             metrics.update(trainer.update(batch))
             trainer.step += 1
-            trainer.policy.sync_rollout(trainer.engine)
+            synced = time.perf_counter()
+            trainer.policy.sync_rollout(trainer.engine)  # and awake again
+            metrics["weight_sync_s"] = time.perf_counter() - synced
             if config.trainer.val_every and trainer.step % config.trainer.val_every == 0:
                 metrics.update(trainer.validate(step_dir))
             metrics["step_time_s"] = time.perf_counter() - started

@@ -20,11 +20,19 @@ micro-batch at full length. Notation, per GPU:
   h, I, layers, heads, kv = kv_heads * head_dim, vocab: the language model; hv, Iv, depth,
   heads_v: the vision tower
 
+LoRA (``model.lora``): Pt = the adapters (rank x (in + out) per adapted layer); the base is frozen
+in the compute dtype (c * shard(P), no masters), so are the vision tower and the lm_head, no KL
+copy (the adapters switch off), and each adapted layer saves c * rank more per token.
+
 Exact (counted from the config; the tests measure the first three on the tiny model):
   parameters       4 * shard(P)                        fp32 master weights
   optimizer        8 * shard(Pt) + 4 * nt              AdamW exp_avg, exp_avg_sq, step scalar
   gradients        4 * shard(Pt)                       fp32, freed by zero_grad after each step
-  rollout engine   rollout.gpu_memory_utilization * G  vllm: reserved when the engine starts
+  rollout engine   u * G                               vllm: what the engine may use (weights, KV
+                                                       cache, activations), freed while it sleeps;
+                                                       u = rollout.gpu_memory_utilization, or with
+                                                       ``auto`` what the held items leave of the GPU
+                                                       (rounded down to 0.01, at most 0.95)
 Estimates (marked ~ in the table):
   log-prob chunks  rows * vocab * (4 + 4 + c)          two fp32 buffers and the bf16 matmul
                    + c * B * Ln * h + 12 * B * Ln      output of :func:`logprobs_from_hidden`
@@ -52,10 +60,11 @@ Estimates (marked ~ in the table):
   hf KV cache      rollout.micro_batch * (Lp + Ln) * 2 * layers * kv * c + 8 * micro * vocab
   runtime          2 GiB                               CUDA context, NCCL buffers, allocator slack
 
-Phases: parameters, optimizer, runtime and the vllm reservation are held all the time (the
-engine does not sleep during the update yet: its reservation is counted in full next to the
-update's memory; once it sleeps, it belongs to the rollout phase only). The rest is alive in
-the update or in the rollout: total = held + max(update, rollout). The plan assumes
+Phases: parameters, optimizer and runtime are held all the time. The vllm engine belongs to the
+rollout phase only: colocated with the trainer, it sleeps during the update (vLLM's sleep level
+2 frees its weights and KV cache; what it keeps while asleep, its CUDA graph pool and small
+buffers, is left to the runtime reserve). The rest is alive in the update or in the rollout:
+total = held + max(update, rollout). The plan assumes
 flash/memory-efficient attention (no [L, L] score matrices), as bf16 SDPA uses on GPU; it does not
 count the frozen old-log-prob forward (no gradient, smaller than the update) or the allocator's
 fragmentation beyond the runtime reserve.
@@ -64,17 +73,18 @@ fragmentation beyond the runtime reserve.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 from stages.errors import MgpoError
 from stages.models.architecture import Architecture, Parameter, architecture
 from stages.train.config import TrainConfig
 from stages.train.logprobs import CHUNK_ELEMENTS
+from stages.train.lora import adapter_parameters
 
 GIB = 2**30
 RUNTIME_BYTES = 2 * GIB
 HELD, UPDATE, ROLLOUT = "always", "update", "rollout"
+Params = tuple[Parameter, ...]
 
 
 @dataclass(frozen=True)
@@ -142,12 +152,20 @@ def plan_memory(
         raise MgpoError(f"memory plan: need at least one GPU with memory, got {n} x {gpu} bytes")
     fsdp = config.trainer.strategy == "fsdp"
     c = compute_bytes(config.model.dtype)
+    lora = config.model.lora
+    adapters = adapter_parameters(arch, lora) if lora is not None else ()
     frozen = config.model.freeze_vision
-    trainable = tuple(p for p in arch.parameters if not (frozen and p.vision))
+    trainable = adapters or tuple(p for p in arch.parameters if not (frozen and p.vision))
     ckpt = config.model.gradient_checkpointing
     state_key = "model.name" if fsdp else "trainer.strategy"
-    items = [
-        Item("parameters (fp32 master)", 4 * _shard(arch.parameters, n, fsdp), (HELD,), state_key),
+    masters = 4 * _shard(arch.parameters, n, fsdp)
+    items = [Item("parameters (fp32 master)", masters, (HELD,), state_key)]
+    if lora is not None:  # the base frozen in the compute dtype; the adapters' rank sizes the rest
+        base, adapted = c * _shard(arch.parameters, n, fsdp), 4 * _shard(adapters, n, fsdp)
+        items = [Item("base weights (frozen, compute dtype)", base, (HELD,), state_key)]
+        state_key = "model.lora.rank"
+        items.append(Item("LoRA adapters (fp32 master)", adapted, (HELD,), state_key))
+    items += [
         Item(
             "optimizer (AdamW fp32 moments)",
             8 * _shard(trainable, n, fsdp) + 4 * len(trainable),
@@ -155,7 +173,9 @@ def plan_memory(
             state_key,
         ),
         Item("gradients (fp32)", 4 * _shard(trainable, n, fsdp), (UPDATE,), state_key),
-        *_weight_copies(arch, trainable, n, fsdp, c, config.rollout.backend == "hf"),
+        *_weight_copies(
+            arch.parameters + adapters, trainable, n, fsdp, c, config.rollout.backend == "hf"
+        ),
         Item(
             _activation_name(ckpt),
             _activations(config, arch, c, ckpt),
@@ -170,10 +190,9 @@ def plan_memory(
             "optim.micro_batch",
             True,
         ),
-        *_rollout_items(config, arch, c, gpu),
         Item("runtime (CUDA context, NCCL, slack)", RUNTIME_BYTES, (HELD,), "", True),
     ]
-    if config.algo.kl_coef > 0:
+    if config.algo.kl_coef > 0 and lora is None:
         items.append(
             Item(
                 "KL reference model",
@@ -183,6 +202,8 @@ def plan_memory(
                 True,
             )
         )
+    held = sum(item.bytes for item in items if HELD in item.phases)
+    items[-1:-1] = _rollout_items(config, arch, c, gpu, held)
     aside = Item(
         _activation_name(not ckpt),
         _activations(config, arch, c, not ckpt),
@@ -197,7 +218,7 @@ def plan_memory(
         strategy=config.trainer.strategy,
         items=tuple(i for i in items if i.bytes > 0),
         aside=(aside,),
-        parameters=sum(p.numel for p in arch.parameters),
+        parameters=sum(p.numel for p in arch.parameters + adapters),
         trainable=sum(p.numel for p in trainable),
         image_tokens=vision_tokens(config, arch),
     )
@@ -224,7 +245,7 @@ def _units(params: tuple[Parameter, ...]) -> tuple[int, int]:
 
 
 def _weight_copies(
-    arch: Architecture, trainable: tuple[Parameter, ...], n: int, fsdp: bool, c: int, hf: bool
+    weights: Params, trainable: Params, n: int, fsdp: bool, c: int, hf: bool
 ) -> list[Item]:
     """Weights and gradients outside the fp32 shards: FSDP's gathered layers, DDP's copies."""
     pt = sum(p.numel for p in trainable)
@@ -237,7 +258,7 @@ def _weight_copies(
                 Item("bf16 weight copies (autocast)", c * pt, (UPDATE,), "trainer.strategy", True)
             )
         return out
-    root, unit = _units(arch.parameters)
+    root, unit = _units(weights)
     root_t, unit_t = _units(trainable)
     reduce_copy = 4 if c != 4 else 0
     return [
@@ -279,10 +300,14 @@ def _activations(config: TrainConfig, arch: Architecture, c: int, checkpointing:
     t = arch.text
     tokens = rows * (config.rollout.max_prompt_tokens + config.rollout.max_new_tokens)
     a = layer_bytes(t.hidden, t.kv_heads * t.head_dim, t.intermediate, t.heads, c)
+    lora = config.model.lora
+    if lora is not None:  # each adapted layer saves A x (rank values per token) for B's gradient
+        adapted = len(adapter_parameters(arch, lora)) // 2
+        a += c * lora.rank * math.ceil(adapted / t.layers)
     per_layer = c * t.hidden if checkpointing else a
     text = tokens * (t.layers * per_layer + (4 + 3 * c) * t.hidden + (a if checkpointing else 0))
     v = arch.vision
-    if v is None or config.model.freeze_vision:
+    if v is None or config.model.freeze_vision or lora is not None:
         return text
     patches = rows * v.merge**2 * vision_tokens(config, arch)
     av = layer_bytes(v.hidden, v.hidden, v.intermediate, v.heads, c)
@@ -297,19 +322,32 @@ def _logprob_bytes(config: TrainConfig, arch: Architecture, c: int, fsdp: bool) 
     positions = config.optim.micro_batch * config.rollout.max_new_tokens
     rows = min(max(1, CHUNK_ELEMENTS["other"] // vocab), positions)
     buffers = rows * vocab * (8 + (c if c != 4 else 0))
-    head_grad = 0 if fsdp else c * vocab * hidden  # under fsdp: in the root's gradient
+    frozen = fsdp or config.model.lora is not None  # fsdp: in the root's gradient
+    head_grad = 0 if frozen else c * vocab * hidden
     return buffers + positions * (c * hidden + 12) + head_grad
 
 
-def _rollout_items(config: TrainConfig, arch: Architecture, c: int, gpu: int) -> list[Item]:
+MAX_ENGINE_FRACTION = 0.95
+
+
+def engine_fraction(config: TrainConfig, held: int, gpu: int) -> float:
+    """The vllm engine's share of each GPU: the recipe's, or with ``auto`` what the items held
+    through the rollout (``held`` bytes) leave, rounded down to 0.01, at most 0.95."""
+    given = config.rollout.gpu_memory_utilization
+    if given != "auto":
+        return float(given)
+    left = math.floor(100 * (gpu - held) / gpu) / 100
+    return max(0.0, min(MAX_ENGINE_FRACTION, left))
+
+
+def _rollout_items(
+    config: TrainConfig, arch: Architecture, c: int, gpu: int, held: int
+) -> list[Item]:
     r = config.rollout
     if r.backend == "vllm":
-        name = f"rollout engine (vllm, {r.gpu_memory_utilization:g} of the GPU)"
-        return [
-            Item(
-                name, int(r.gpu_memory_utilization * gpu), (HELD,), "rollout.gpu_memory_utilization"
-            )
-        ]
+        fraction = engine_fraction(config, held, gpu)
+        name = f"rollout engine (vllm, {fraction:g} of the GPU)"
+        return [Item(name, int(fraction * gpu), (ROLLOUT,), "rollout.gpu_memory_utilization")]
     t = arch.text
     length = r.max_prompt_tokens + r.max_new_tokens
     kv_cache = r.micro_batch * length * 2 * t.layers * t.kv_heads * t.head_dim * c
@@ -323,76 +361,6 @@ def _rollout_items(config: TrainConfig, arch: Architecture, c: int, gpu: int) ->
             True,
         )
     ]
-
-
-# -- where the plan runs ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Hardware:
-    processes: int
-    gpu_bytes: int
-    source: str  # said under the table
-    live: bool  # the GPUs this process runs on (a plan that does not fit is refused)
-
-
-def live_hardware(config: TrainConfig) -> Hardware | None:
-    """The GPUs this run would use: WORLD_SIZE processes (set by accelerate launch / torchrun)
-    on this process's device; None on a machine without CUDA or with ``trainer.device: cpu``."""
-    import torch
-
-    if config.trainer.device == "cpu" or not torch.cuda.is_available():
-        return None
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
-    props = torch.cuda.get_device_properties(local)
-    source = f"this machine: {processes} process(es), cuda:{local} {props.name}"
-    return Hardware(processes, props.total_memory, source, live=True)
-
-
-def plan_hardware(
-    config: TrainConfig, *, gpus: int | None = None, gpu_memory_gib: float | None = None
-) -> Hardware:
-    """What ``--plan`` describes: ``--gpus`` / ``--gpu-memory`` when given, else the GPUs this
-    process runs on, else the recipe's target node (``plan.gpus`` x ``plan.gpu_memory_gib``)."""
-    live = live_hardware(config)
-    if gpus is not None or gpu_memory_gib is not None:
-        n = gpus if gpus is not None else (live.processes if live else config.plan.gpus)
-        if gpu_memory_gib is not None:
-            memory = int(gpu_memory_gib * GIB)
-        else:
-            memory = live.gpu_bytes if live else int(config.plan.gpu_memory_gib * GIB)
-        return Hardware(n, memory, "--gpus / --gpu-memory", live=False)
-    if live is not None:
-        return live
-    target = int(config.plan.gpu_memory_gib * GIB)
-    source = "the recipe's target node (plan.gpus, plan.gpu_memory_gib; no GPU here)"
-    return Hardware(config.plan.gpus, target, source, live=False)
-
-
-def check_fits(config: TrainConfig) -> None:
-    """Refuse a run whose plan does not fit, before anything is loaded (``plan.check``: auto
-    checks on GPUs only, always also on CPU against the recipe's target node, never skips)."""
-    if config.plan.check == "never":
-        return
-    hardware = live_hardware(config)
-    if hardware is None and config.plan.check == "auto":
-        return  # CPU: fp32 compute in host memory; the plan describes GPUs
-    hardware = hardware or plan_hardware(config)
-    plan = plan_memory(config, processes=hardware.processes, gpu_bytes=hardware.gpu_bytes)
-    if not plan.fits:
-        raise MgpoError(refusal(plan))
-
-
-def refusal(plan: MemoryPlan) -> str:
-    """The one line a run that does not fit stops with."""
-    big = plan.largest
-    change = f"change {big.key}" if big.key else "use GPUs with more memory"
-    return (
-        f"memory plan: {gib(plan.total)} per GPU does not fit in {gib(plan.gpu_bytes)}"
-        f" ({plan.processes} x {plan.strategy}); largest item: {big.name} {gib(big.bytes)},"
-        f" {change} (mgpo train --plan shows every item; plan.check=never runs anyway)"
-    )
 
 
 def gib(n: int) -> str:

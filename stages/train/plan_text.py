@@ -63,9 +63,14 @@ def plan_table(plan: MemoryPlan, config: TrainConfig, source: str) -> str:
     for item in plan.aside:
         lines.append(f"  not counted: {item.name} would be {human_bytes(item.bytes)}")
     if r.backend == "vllm":
+        share = (
+            "what the held items leave (rollout.gpu_memory_utilization: auto, at most 0.95)"
+            if r.gpu_memory_utilization == "auto"
+            else "rollout.gpu_memory_utilization"
+        )
         lines.append(
-            "  the vllm engine keeps its reservation through the update (it does not sleep yet),"
-            " so it is held next to the update's memory"
+            "  the vllm engine sleeps during the update (weights and KV cache freed), so its share"
+            f" counts in the rollout only; its share: {share}"
         )
     lines.append(
         "  ~ estimate; every row of a micro-batch at full length. Formulas:"

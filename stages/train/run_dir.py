@@ -16,8 +16,8 @@ from stages.errors import MgpoError
 from stages.outputs import check_writable
 from stages.train.config import TrainConfig
 
-# Settings a resumed run may change: the step budget and the logging / checkpoint cadence.
-RESUMABLE_CHANGES = ("steps", "val_every", "save_every", "keep_last", "wandb")
+# Settings a resumed run may change: the step budget, the logging / checkpoint cadence, the export.
+RESUMABLE_CHANGES = ("steps", "val_every", "save_every", "keep_last", "wandb", "export")
 
 
 def check_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:

@@ -8,9 +8,12 @@ are the old log-probs exactly (ratio 1); more steps need them frozen up front
 also gives the token entropies the step's high-entropy threshold is taken over
 (:mod:`stages.train.loss_inputs`).
 
-Distribution: every process takes ``mini[rank::world]`` and runs the same number of
-micro-batches; loss normalisers are the mini-batch's global counts and DDP / FSDP average
-gradients, so each micro-batch loss is scaled by ``world`` and K processes give the update of one.
+Mini-batches are sets of whole groups; how a mini-batch is cut into micro-batches and spread
+over the processes (:mod:`stages.train.batching`) follows ``trainer.shared_prefix``: whole groups
+per micro-batch for the shared-prefix forward, else ``mini[rank::world]``. Every process runs the
+same number of micro-batches; loss normalisers are the mini-batch's global counts and DDP / FSDP
+average gradients, so each micro-batch loss is scaled by ``world`` and K processes give the update
+of one, whatever the cut.
 
 Precision and memory: the model runs in train mode (so activation checkpointing recomputes) in
 the compute dtype (:meth:`Policy.autocast`, or FSDP's mixed precision); the log-probs come out of
@@ -26,7 +29,8 @@ from typing import Any
 
 import torch
 
-from stages.train import algos, loss_metrics
+from stages.train import algos, batching, loss_metrics
+from stages.train import shared_prefix as sp
 from stages.train.forward import response_logprobs
 from stages.train.loss_inputs import (
     StepTensors,
@@ -72,31 +76,31 @@ def update(
     started = time.perf_counter()
     if frozen_old is None:
         frozen_old = config.optim.epochs * config.optim.mini_batches > 1
+    group_ids = samples.group_ids
+    pieces = batching.units(range(len(responses)), group_ids, config.optim.micro_batch)
+    shared = sp.decide(
+        config.trainer.shared_prefix, policy.module, policy.io, sample_rows, pieces, responses
+    )
+    frozen = (sample_rows, responses, group_ids, shared)
     entropy = None
     if config.algo.entropy_top is not None:  # the step's entropies, from the frozen forward
-        old, entropy = policy.frozen_logprobs_and_entropy(policy.model, sample_rows, responses)
+        old, entropy = policy.frozen_logprobs_and_entropy(policy.model, *frozen)
     else:
-        old = policy.frozen_logprobs(policy.model, sample_rows, responses) if frozen_old else None
+        old = policy.frozen_logprobs(policy.model, *frozen) if frozen_old else None
     fresh: dict[int, torch.Tensor] = {}  # on-policy: the update's own detached log-probs
-    ref = (
-        None
-        if policy.reference is None
-        else policy.frozen_logprobs(policy.reference, sample_rows, responses)
-    )
+    ref = policy.reference_logprobs(*frozen)
     tensors = step_tensors(config, engine_logprobs, responses, ref, entropy)
     timings["logprobs_s"] = time.perf_counter() - started
     started = time.perf_counter()
     order_rng = random.Random(step_seed(config.trainer.seed, step, "shuffle"))
     collected: list[dict[str, float]] = []  # per micro-batch; see loss_metrics
     grad_norms: list[float] = []
-    inputs = _Inputs(sample_rows, responses, old, tensors, samples.advantages, params, fresh)
+    inputs = _Inputs(
+        sample_rows, responses, group_ids, shared, old, tensors, samples.advantages, params, fresh
+    )
     with policy.training():
         for _ in range(config.optim.epochs):
-            order = list(range(len(responses)))
-            order_rng.shuffle(order)
-            minis = [
-                order[i :: config.optim.mini_batches] for i in range(config.optim.mini_batches)
-            ]
+            minis = batching.group_mini_batches(group_ids, config.optim.mini_batches, order_rng)
             for mini in minis:
                 if mini:
                     grad_norms.append(_optimizer_step(policy, mini, inputs, collected))
@@ -119,6 +123,7 @@ def update(
     metrics["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     metrics["lr"] = policy.optimizer.param_groups[0]["lr"]
     metrics["processes"] = float(policy.dist.world)
+    metrics["shared_prefix"] = float(shared)  # 1: this step ran the shared-prefix forward
     if config.algo.baseline == "median":
         metrics["samples_left_out"] = float(samples.left_out)
     tokens = sum(len(r) for r in responses) * config.optim.epochs
@@ -132,8 +137,10 @@ def update(
 class _Inputs:
     """The per-sample inputs every optimizer step of a training step reads."""
 
-    rows: list[dict]  # prompt row of each sample
+    rows: list[dict]  # prompt row of each sample (one object per prompt)
     responses: list[list[int]]
+    group_ids: list[int]
+    shared: bool  # the shared-prefix forward (whole groups per micro-batch) this step
     old: list[torch.Tensor] | None  # frozen old log-probs, or None: on-policy
     tensors: StepTensors  # reference / engine log-probs, the step's entropies (loss_inputs)
     advantages: torch.Tensor
@@ -167,13 +174,9 @@ def _optimizer_step(
         **inputs.params,
         **normalisers(config.algo.name, mini, responses, inputs.tensors),
     }
-    per_rank = -(-len(mini) // world)
-    local = mini[rank::world]
-    padded = local + [None] * (per_rank - len(local))  # None: a masked-off placeholder
-    micro = [
-        padded[i : i + config.optim.micro_batch]
-        for i in range(0, per_rank, config.optim.micro_batch)
-    ]
+    micro = batching.micro_batches(
+        mini, inputs.group_ids, config.optim.micro_batch, world, rank, grouped=inputs.shared
+    )
     for group in policy.optimizer.param_groups:
         group["lr"] = lr_at(policy.opt_steps, config)
     for k, chunk in enumerate(micro):
@@ -188,6 +191,7 @@ def _optimizer_step(
                     [responses[i] for i in indices],
                     device=device,
                     temperature=policy.temperature,
+                    shared_prefix=inputs.shared,
                 )
             width = result.logp.shape[1]
             extra = {"entropy": result.entropy}  # the step's entropies under the entropy mask
