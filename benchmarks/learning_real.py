@@ -48,6 +48,13 @@ split, and nothing here changes after the results are in.
   training dynamics per algorithm averaged over steps and seeds: importance-weight spread (max -
   min over valid tokens, the paper's Figure 5), entropy, response length, clip fractions; and
   whether the paper's spread ordering GRPO > MGPO > GSPO appears (mgpo 0.5 is the paper's MGPO).
+
+Replication, registered on 2026-12-01 after the results of the study above were seen and before
+any run of it: the same settings with seeds 3, 4 and 5 (``--seeds 3,4,5``, in its own workdir),
+on the code that has the shared-prefix forward (``trainer.shared_prefix: auto`` packs each group;
+the same log-probs up to float rounding). It is reported beside the first study, never instead of
+it, and so are the pooled six seeds: both workdirs' finished ``runs/`` and ``start/`` copied into
+a third, ``--seeds 0,1,2,3,4,5`` (finished runs are kept, so that only rebuilds the tables).
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -290,6 +297,19 @@ def prepare_model(work: Path, study: Study, model: Path | None, wheel: Path | No
     return str(folder)
 
 
+def seed_list(text: str) -> tuple[int, ...]:
+    """``--seeds 3,4,5`` -> (3, 4, 5): distinct non-negative integers."""
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}"
+        ) from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and >= 0: {text!r}")
+    return seeds
+
+
 def check_same_study(work: Path, study: Study) -> None:
     """A workdir holds one study: resuming it with other settings would mix two."""
     saved = work / "study.json"
@@ -506,8 +526,18 @@ def main() -> None:
     parser.add_argument(
         "--keep-weights", action="store_true", help="keep each run's final/ and checkpoints/"
     )
+    parser.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=None,
+        help="comma-separated training seeds instead of the registered ones (a replication; "
+        "finished runs copied into runs/ALGO-seedK/ of the workdir are kept, so a workdir can "
+        "also pool runs of several workdirs)",
+    )
     args = parser.parse_args()
     study = TOY if args.toy else STUDY
+    if args.seeds is not None:
+        study = replace(study, seeds=args.seeds)
     work = args.workdir.resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
     check_same_study(work, study)

@@ -82,6 +82,22 @@ def test_the_registered_study_is_the_issue_s_design() -> None:
     assert registered.budget() in " ".join(study.__doc__.split())  # the docstring states it
 
 
+def test_seeds_option_and_one_study_per_workdir(tmp_path: Path) -> None:
+    """``--seeds`` (a replication) parses distinct non-negative integers; a workdir refuses a
+    resume with other settings, so a replication needs its own workdir."""
+    import argparse
+    from dataclasses import replace
+
+    assert study.seed_list("3,4,5") == (3, 4, 5)
+    for bad in ("3,x", "", "1,1", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            study.seed_list(bad)
+    study.check_same_study(tmp_path, study.STUDY)
+    study.check_same_study(tmp_path, study.STUDY)  # the same settings resume
+    with pytest.raises(SystemExit, match="other settings"):
+        study.check_same_study(tmp_path, replace(study.STUDY, seeds=(3, 4, 5)))
+
+
 def _start(workdir: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, str(SCRIPT), "--toy", "--workdir", str(workdir)]
