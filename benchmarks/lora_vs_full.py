@@ -26,7 +26,7 @@ import os
 import statistics
 from pathlib import Path
 
-from real_model_learning import held_out, metrics, mgpo, model_and_data, write_results
+from smollm2_runs import held_out, metrics, mgpo, model_and_data, write_results
 
 METHODS = {"full": "smollm2_arithmetic", "lora": "smollm2_arithmetic_lora"}
 

@@ -69,7 +69,9 @@ def evaluate(
     ),
     workers: int = typer.Option(4, help="Scoring processes."),
     timeout: float = typer.Option(10.0, help="Seconds one item may take to score (then: wrong)."),
-    max_new_tokens: int = typer.Option(2048, help="Longest response in tokens."),
+    max_new_tokens: int = typer.Option(
+        None, help="Longest response in tokens.  \\[default: 2048; arithmetic: 24]"
+    ),
     batch_size: int = typer.Option(16, help="Sequences per generate call."),
     temperature: float = typer.Option(0.0, help="Sampling temperature (0: greedy)."),
     n: int = typer.Option(1, "-n", "--n", help="Responses per item (needs --temperature > 0)."),

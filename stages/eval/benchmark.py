@@ -72,6 +72,7 @@ class Benchmark:
     # A column naming whole units: --limit K keeps every row of its first K values (None: rows)
     limit_by: str | None = None
     unanswered_splits: tuple[str, ...] = ()  # splits released without answers
+    max_new_tokens: int = 2048  # the response budget without --max-new-tokens
 
     def check_options(self, split: str | None, subset: str | None, query: str | None) -> str:
         """The split to use; one-line MgpoError for an unknown split, subset or query."""

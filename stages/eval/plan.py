@@ -70,7 +70,7 @@ class EvalOptions:
     judge_model: str | None = None
     workers: PositiveInt = 4
     timeout_s: PositiveFloat = 10.0
-    max_new_tokens: PositiveInt = 2048
+    max_new_tokens: PositiveInt | None = None  # None: the benchmark's own (2048 for most)
     batch_size: PositiveInt = 16
     n: PositiveInt = 1
     temperature: NonNegativeFloat = 0.0
@@ -143,7 +143,7 @@ def check_options(options: EvalOptions) -> None:
 
 def bench_source(bench: Benchmark, options: EvalOptions, several: bool) -> str | None:
     """The local copy of ``bench``: ``--source`` itself, or ``--source/BENCH`` for several."""
-    from stages.eval.shapes import GeneratedBenchmark
+    from stages.eval.generated import GeneratedBenchmark
 
     if options.source is None:
         return None
@@ -204,7 +204,7 @@ def pair_settings(
         "n": options.n,
         "temperature": options.temperature,
         "top_p": options.top_p,
-        "max_new_tokens": options.max_new_tokens,
+        "max_new_tokens": options.max_new_tokens or bench.max_new_tokens,
         "seed": options.seed,
         "judge": options.judge,
         "judge_model": options.judge_model,

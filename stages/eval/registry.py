@@ -5,7 +5,15 @@ from __future__ import annotations
 import difflib
 
 from stages.errors import MgpoError
-from stages.eval import geometry3k, mathverse, mathvision, mathvista, shapes, wemath
+from stages.eval import (
+    arithmetic,
+    geometry3k,
+    mathverse,
+    mathvision,
+    mathvista,
+    shapes,
+    wemath,
+)
 from stages.eval.benchmark import Benchmark
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -17,6 +25,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         wemath.BENCHMARK,
         geometry3k.BENCHMARK,
         shapes.BENCHMARK,  # built-in and offline; not in the paper's suite
+        arithmetic.BENCHMARK,  # built-in, offline, text only; not in the paper's suite
     )
 }
 # The paper's Table 1: the four out-of-domain benchmarks plus the in-domain Geometry3K test.

@@ -109,7 +109,7 @@ def rollout_options(pair: Pair | None, model: EvalModel, options: EvalOptions):
         n=options.n,
         temperature=options.temperature,
         top_p=options.top_p,
-        max_new_tokens=options.max_new_tokens,
+        max_new_tokens=pair.settings["max_new_tokens"] if pair else options.max_new_tokens or 2048,
         batch_prompts=max(options.batch_size, 64),
         micro_batch=options.batch_size,
         seed=options.seed,

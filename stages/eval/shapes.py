@@ -13,18 +13,10 @@ first word, equal to the answer ignoring case. Not part of ``mgpo eval all`` (th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from stages.errors import MgpoError
-from stages.eval.benchmark import (
-    Benchmark,
-    Row,
-    Subset,
-    accuracy_summary,
-    prompt_template,
-)
+from stages.eval.benchmark import Row, Subset, accuracy_summary
+from stages.eval.generated import GeneratedBenchmark
 from stages.score import short_answer_reward
 
 SPLITS = {"train": 512, "validation": 64, "test": 128}  # the generator's default sizes
@@ -65,40 +57,6 @@ def judge_hint(row: Row) -> str:
     return "the one word or number the response answers with"
 
 
-@dataclass(frozen=True)
-class GeneratedBenchmark(Benchmark):
-    """A benchmark whose items are generated locally instead of read from the hub or files."""
-
-    template: str = TEMPLATE
-
-    def load(
-        self,
-        source: str | Path | None = None,
-        split: str | None = None,
-        subset: str | None = None,
-        limit: int | None = None,
-        query: str | None = None,
-        template: str | None = None,
-    ) -> list[Row]:
-        from stages.prepare import DATASETS, PrepareOptions
-
-        split = self.check_options(split, subset, query)
-        if source is not None:
-            raise MgpoError(f"{self.name} is generated locally: --source does not apply")
-        if limit is not None and limit < 0:
-            raise MgpoError(f"--limit must be >= 0, got {limit}")
-        options = PrepareOptions(name=self.name, split=split, difficulty=subset or DIFFICULTIES[0])
-        render = prompt_template(template or self.template)
-        rows = []
-        for index, raw in enumerate(DATASETS[self.name].problems(options)):
-            if limit is not None and index >= limit:
-                break
-            row = self.build_row(raw, index, split, list(raw["images"]), query or self.queries[0])
-            row["prompt"] = render(row["prompt"])
-            rows.append(row)
-        return rows
-
-
 BENCHMARK = GeneratedBenchmark(
     name="shapes",
     hub_id="(built-in)",
@@ -111,5 +69,7 @@ BENCHMARK = GeneratedBenchmark(
     summarise_rows=accuracy_summary(("task",)),
     judge_hint=judge_hint,
     subsets={d: Subset("difficulty", (d,)) for d in DIFFICULTIES},
+    template=TEMPLATE,
+    default_subset=DIFFICULTIES[0],
     notes="built-in; short_answer accuracy (last boxed answer or first word, ignoring case)",
 )

@@ -7,11 +7,12 @@
 - ``run``: the entry function ``run_score(ScoreOptions(...))``; ``score_pool`` keeps workers
 
 Public (what other stages use): the entry function and its worker pool, and the answer rules
-(``last_boxed``, ``answers_match``, ``is_correct``, ``shown_choices``, ``short_answer_reward``)
+(``last_boxed``, ``last_number_reward``, ``same_number``, ``answers_match``, ``is_correct``, ``shown_choices``, ``short_answer_reward``)
 that ``eval`` shares so benchmarks judge answers exactly as the training reward does.
 """
 
 from stages.score.extract import last_boxed
+from stages.score.last_number import last_number_reward, same_number
 from stages.score.math_reward import answers_match, is_correct, shown_choices
 from stages.score.run import ScoreOptions, run_score, score_pool
 from stages.score.runner import ScorePool, score_items, summarize
@@ -23,7 +24,9 @@ __all__ = [
     "answers_match",
     "is_correct",
     "last_boxed",
+    "last_number_reward",
     "run_score",
+    "same_number",
     "score_items",
     "score_pool",
     "short_answer_reward",
