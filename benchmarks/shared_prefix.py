@@ -3,15 +3,19 @@
 For each setting, one fresh process loads the policy through the trainer's own ``Policy`` (the
 recipe's optimizer, micro-batch and mini-batches), builds one step's batch (real prompts from the
 prepared data, ``n`` random responses of ``--response`` tokens per prompt, rewards that give every
-group a signal) and then, alternating ``trainer.shared_prefix`` off / on after one warm-up each,
-times
+group a signal) and then, alternating ``trainer.shared_prefix`` off / on / auto (in rotating
+order) after one warm-up each, times
 
 - ``logprobs``: the frozen old-log-prob pass (``Policy.frozen_logprobs``, no gradient);
 - ``update``: all optimizer steps of the step (``update(..., frozen_old=True)``'s ``update_s``);
 
 and their peak memory: the process's resident high-water mark (``VmHWM``, reset through
 ``/proc/self/clear_refs`` after ``malloc_trim``) minus its resident size at the start of the pass.
-Times are medians over ``--repeats``; the ratio is off / on (above 1: shared is faster).
+Times are medians over ``--repeats``; the ratios are off / on and off / auto (above 1: faster
+than the standard forward). ``auto`` is what a run does by default: ``packs`` says whether its
+cost model chose packing for the step, and off / auto below 0.95 would break its promise of never
+being more than 5 % slower than ``off`` (``--response`` longer than the prompt is the regime
+where packing can lose).
 
     OMP_NUM_THREADS=1 python benchmarks/shared_prefix.py                       # tiny, n = 4, 8, 16
     OMP_NUM_THREADS=1 python benchmarks/shared_prefix.py --settings smollm2:8 \\
@@ -87,8 +91,10 @@ def worker(args: argparse.Namespace) -> None:
 
     from stages.config import apply_overrides, build, load_recipe, parse_override
     from stages.models.prompt_length import prompt_lengths
+    from stages.train import batching
     from stages.train.config import TrainConfig
     from stages.train.policy import Policy
+    from stages.train.shared_prefix import decide
     from stages.train.update import update
 
     kind, n = args.setting.split(":")
@@ -103,12 +109,15 @@ def worker(args: argparse.Namespace) -> None:
     prompt_ids, responses, _, _, group_ids = batch.flat()
     sample_rows = [rows[p] for p in prompt_ids]
     prompt_tokens = prompt_lengths(policy.io, list(rows.values()))
+    units = batching.units(range(len(responses)), group_ids, config.optim.micro_batch)
+    auto_packs = decide("auto", policy.module, policy.io, sample_rows, units, responses)
     results: dict[str, dict[str, list[float]]] = {}
     for repeat in range(args.repeats + 1):  # repeat 0: warm-up of each mode
-        for mode in ("off", "on"):
+        modes = ("off", "on", "auto")
+        for mode in modes[repeat % 3 :] + modes[: repeat % 3]:  # no mode always runs first
             trainer = dataclasses.replace(config.trainer, shared_prefix=mode)
             policy.config = dataclasses.replace(config, trainer=trainer)
-            shared = mode == "on"
+            shared = mode == "on" or (mode == "auto" and auto_packs)
             base = _reset_peak()
             started = time.perf_counter()
             policy.frozen_logprobs(policy.model, sample_rows, responses, group_ids, shared)
@@ -131,6 +140,7 @@ def worker(args: argparse.Namespace) -> None:
     summary["prompt_tokens"] = statistics.mean(prompt_tokens)
     summary["samples"] = len(responses)
     summary["micro_batch"] = config.optim.micro_batch
+    summary["auto_packs"] = auto_packs
     print(json.dumps(summary))
 
 
@@ -177,6 +187,7 @@ def main() -> None:
     )
     header = f"{'setting':<11} {'samples':>7} {'prompt':>6} {'pass':<9}"
     header += f" {'off s':>8} {'on s':>8} {'off/on':>7} {'off MiB':>8} {'on MiB':>8}"
+    header += f" {'auto s':>8} {'off/auto':>8} {'packs':>5}"
     print(header)
     with tempfile.TemporaryDirectory(prefix="mgpo-bench-") as tmp:
         folder = args.keep or Path(tmp)
@@ -189,6 +200,9 @@ def main() -> None:
                 line += f" {off[name + '_s']:>8.3f} {on[name + '_s']:>8.3f}"
                 line += f" {off[name + '_s'] / on[name + '_s']:>7.2f}"
                 line += f" {off[name + '_mib']:>8.1f} {on[name + '_mib']:>8.1f}"
+                auto = r["auto"][name + "_s"]
+                packs = "yes" if r["auto_packs"] else "no"
+                line += f" {auto:>8.3f} {off[name + '_s'] / auto:>8.2f} {packs:>5}"
                 print(line, flush=True)
 
 
