@@ -150,8 +150,9 @@ class TrainerConfig:
     keep_last: NonNegativeInt = 2  # 0: keep every checkpoint
     strategy: str = "ddp"  # ddp (every process holds the whole model) | fsdp (FSDP2 sharding)
     # Encode each prompt once per group in the old log-probs and the update (one packed row per
-    # prompt, stages/train/shared_prefix.py): on | off | auto (on where it costs less). YAML
-    # reads a bare on / off as true / false: both spellings are accepted.
+    # prompt, stages/train/shared_prefix.py): on | off | auto (on where it costs less; `on`
+    # packs even when responses are much longer than prompts, where it can be several times
+    # slower). YAML reads a bare on / off as true / false: both spellings are accepted.
     shared_prefix: str | bool = "auto"
     # How long a process waits in a collective before giving up: the other processes wait while
     # the main one rolls out, scores and validates, so this must outlast a rollout phase.
