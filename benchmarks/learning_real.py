@@ -55,6 +55,9 @@ on the code that has the shared-prefix forward (``trainer.shared_prefix: auto`` 
 the same log-probs up to float rounding). It is reported beside the first study, never instead of
 it, and so are the pooled six seeds: both workdirs' finished ``runs/`` and ``start/`` copied into
 a third, ``--seeds 0,1,2,3,4,5`` (finished runs are kept, so that only rebuilds the tables).
+Noticed after it ran: that code also makes every optimizer mini-batch a set of whole groups
+(before, each held about half the samples of every group), so the second optimizer step of a
+batch sees other prompts; the replication's clip fractions are lower (grpo 2x, mgpo 8-10x).
 """
 
 from __future__ import annotations
