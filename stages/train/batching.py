@@ -20,7 +20,16 @@ with fewer gets placeholders, ``None`` entries that run a masked-off copy of a r
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+
+
+def grouped(samples: Iterable[int], key: Callable[[int], Hashable]) -> list[list[int]]:
+    """``samples`` grouped by ``key(sample)``; groups, and samples within one, in order of first
+    appearance."""
+    members: dict[Hashable, list[int]] = {}
+    for sample in samples:
+        members.setdefault(key(sample), []).append(sample)
+    return list(members.values())
 
 
 def group_mini_batches(
@@ -28,22 +37,16 @@ def group_mini_batches(
 ) -> list[list[int]]:
     """Sample indices of each mini-batch: groups in shuffled order dealt round-robin, a group's
     samples in their own order."""
-    members: dict[int, list[int]] = {}
-    for sample, group in enumerate(group_ids):
-        members.setdefault(group, []).append(sample)
-    order = list(members)
-    rng.shuffle(order)
-    return [[s for g in order[i::mini_batches] for s in members[g]] for i in range(mini_batches)]
+    members = grouped(range(len(group_ids)), group_ids.__getitem__)
+    rng.shuffle(members)
+    return [[s for g in members[i::mini_batches] for s in g] for i in range(mini_batches)]
 
 
 def units(samples: Sequence[int], group_ids: Sequence[int], size: int) -> list[list[int]]:
     """``samples`` grouped by their group (first-appearance order), each group cut into the
     fewest pieces of at most ``size``, of near-equal sizes (a group of 4 at size 3: 2 + 2)."""
-    members: dict[int, list[int]] = {}
-    for sample in samples:
-        members.setdefault(group_ids[sample], []).append(sample)
     out = []
-    for group in members.values():
+    for group in grouped(samples, group_ids.__getitem__):
         pieces = -(-len(group) // size)
         bounds = [len(group) * k // pieces for k in range(pieces + 1)]
         out += [group[bounds[k] : bounds[k + 1]] for k in range(pieces)]

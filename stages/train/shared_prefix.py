@@ -44,6 +44,7 @@ from torch import Tensor
 from stages.errors import MgpoError
 from stages.models.policy_io import PolicyIO
 from stages.models.prompt_length import prompt_lengths
+from stages.train import batching
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 MODES = ("auto", "on", "off")
@@ -66,10 +67,7 @@ class Packed:
 def units_of(rows: Sequence[Mapping[str, Any]]) -> list[list[int]]:
     """Sample indices grouped by prompt row, in order of first appearance. Samples share a prompt
     when their row is the same object (the trainer passes one row object per prompt id)."""
-    groups: dict[int, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(id(row), []).append(i)
-    return list(groups.values())
+    return batching.grouped(range(len(rows)), lambda i: id(rows[i]))
 
 
 def attention_implementation(model: Any) -> str:
