@@ -7,8 +7,9 @@
 - ``run``: the entry function ``run_score(ScoreOptions(...))``; ``score_pool`` keeps workers
 
 Public (what other stages use): the entry function and its worker pool, and the answer rules
-(``last_boxed``, ``last_number_reward``, ``same_number``, ``answers_match``, ``is_correct``, ``shown_choices``, ``short_answer_reward``)
-that ``eval`` shares so benchmarks judge answers exactly as the training reward does.
+(``last_boxed``, ``last_number_reward``, ``same_number``, ``answers_match``, ``is_correct``,
+``shown_choices``, ``short_answer_reward``) that ``eval`` shares so benchmarks judge answers
+exactly as the training reward does.
 """
 
 from stages.score.extract import last_boxed

@@ -28,6 +28,24 @@ def check_item(index: int, item: Any, options: Mapping[str, Any]) -> None:
         raise MgpoError(f"reward option(s) {clash} clash with item fields of the same name")
 
 
+def reward_error(spec: str, item: Mapping[str, Any], message: str) -> MgpoError:
+    """The one-line error of a reward function that failed on ``item``."""
+    return MgpoError(f"reward function {spec!r} on item {item_name(item)}: {message}")
+
+
+def score_row(
+    item: Mapping[str, Any], result: Mapping[str, Any], *, timed_out: bool, non_finite: bool
+) -> dict[str, Any]:
+    """The row of a scored item: its identity, the reward's result and the two flags."""
+    return {
+        "prompt_id": item.get("prompt_id"),
+        "sample": item.get("sample"),
+        **result,
+        "timed_out": timed_out,
+        "non_finite": non_finite,
+    }
+
+
 def call_reward(fn: Any, item: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
     """One item's checked result: ``fn(response, answer, **other fields, **options)``."""
     fields = {k: v for k, v in item.items() if k not in ("response", "answer")}
@@ -44,14 +62,6 @@ def score_in_process(
         try:
             result = call_reward(fn, item, options)
         except Exception as exc:
-            raise MgpoError(
-                f"reward function {spec!r} on item {item_name(item)}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise reward_error(spec, item, f"{type(exc).__name__}: {exc}") from exc
         non_finite = bool(result.pop("non_finite", False))
-        yield {
-            "prompt_id": item.get("prompt_id"),
-            "sample": item.get("sample"),
-            **result,
-            "timed_out": False,
-            "non_finite": non_finite,
-        }
+        yield score_row(item, result, timed_out=False, non_finite=non_finite)

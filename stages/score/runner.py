@@ -36,7 +36,13 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from stages.errors import MgpoError
-from stages.score.items import call_reward, check_item, item_name, score_in_process
+from stages.score.items import (
+    call_reward,
+    check_item,
+    reward_error,
+    score_in_process,
+    score_row,
+)
 from stages.score.rewards import BOUNDED_REWARDS, builtin_components, load_reward_fn, split_spec
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -325,20 +331,14 @@ def _score(
     emitted = 0
 
     def fail(index: int, message: str) -> MgpoError:
-        return MgpoError(f"reward function {spec!r} on item {item_name(names[index])}: {message}")
+        return reward_error(spec, names[index], message)
 
     def row_of(index: int, result: dict[str, Any] | None) -> dict[str, Any]:
         item = names.pop(index)
         timed = result is None
         if result is None:
             result = {"reward": 0.0, **dict.fromkeys(components or (), 0.0), "extracted": ""}
-        return {
-            "prompt_id": item.get("prompt_id"),
-            "sample": item.get("sample"),
-            **result,
-            "timed_out": timed,
-            "non_finite": index in non_finite,
-        }
+        return score_row(item, result, timed_out=timed, non_finite=index in non_finite)
 
     pool.wait_ready()
     while True:
