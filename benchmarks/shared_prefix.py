@@ -46,10 +46,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_step import child_env  # noqa: E402
+from train_step import child_env, prepare_data  # noqa: E402
 
 RECIPES = {"tiny": "tiny", "smollm2": "smollm2_arithmetic"}
-DATA = {"tiny": ("shapes",), "smollm2": ("arithmetic",)}
+DATA = {"tiny": "shapes", "smollm2": "arithmetic"}
 
 
 def _status(key: str) -> int:
@@ -147,15 +147,9 @@ def worker(args: argparse.Namespace) -> None:
 def run_setting(setting: str, folder: Path, args: argparse.Namespace) -> dict:
     kind = setting.split(":")[0]
     model = "tiny" if kind == "tiny" else str(args.smollm2)
-    prompts = folder / DATA[kind][0]
-    if not (prompts / "manifest.json").exists():
-        subprocess.run(
-            [sys.executable, "-m", "mgpo_cli", "prepare", DATA[kind][0], "--out", str(prompts)],
-            cwd=REPO,
-            env=child_env(),
-            check=True,
-            capture_output=True,
-        )
+    prompts = folder / DATA[kind] / "train"
+    if not (prompts / "manifest.json").exists():  # prepared once for the settings of a model
+        prepare_data(folder / DATA[kind], dataset=DATA[kind])
     command = [sys.executable, __file__, "--worker", "--setting", setting, "--model", model]
     command += ["--prompts", str(prompts), "--repeats", str(args.repeats)]
     command += ["--response", str(args.response)]

@@ -69,7 +69,8 @@ def mgpo(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def prepare_shapes(folder: Path, split: str = "train", dataset: str = "shapes") -> Path:
+def prepare_data(folder: Path, split: str = "train", dataset: str = "shapes") -> Path:
+    """``mgpo prepare DATASET --split SPLIT`` into ``FOLDER/SPLIT`` (the prompt shards)."""
     out = folder / split
     mgpo("prepare", dataset, "--split", split, "--out", str(out))
     return out
@@ -157,7 +158,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mgpo-bench-") as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        data = prepare_shapes(folder, dataset=DATASETS[args.recipe])
+        data = prepare_data(folder, dataset=DATASETS[args.recipe])
         algo = args.algo or ("grpo" if args.recipe == "tiny" else None)
         print(
             f"mgpo train --recipe {args.recipe} --algo {algo or '(recipe)'}, {args.steps} steps "

@@ -45,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_step import REPO, breakdown, child_env, prepare_shapes, run_ours  # noqa: E402
+from train_step import REPO, breakdown, child_env, prepare_data, run_ours  # noqa: E402
 
 CONSTRAINTS = REPO / "constraints.txt"  # the versions the suite passed with
 TRL_SPEC = "trl==1.16.0"  # tested with torch 2.13.0 and transformers 5.19
@@ -431,7 +431,7 @@ def main() -> None:
     versions: dict = {}
     with tempfile.TemporaryDirectory(prefix="mgpo-vs-trl-") as tmp:
         folder = Path(tmp)
-        data = prepare_shapes(folder)
+        data = prepare_data(folder)
         for k in range(args.repeats):
             rows, wall = run_ours(data, folder / f"ours-{k}", args.steps, our_overrides(s))
             b = breakdown(rows)
